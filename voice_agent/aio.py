@@ -1,0 +1,94 @@
+"""Run blocking engine generators in executor threads and consume them from asyncio.
+
+Engines (CTranslate2, llama.cpp, onnxruntime) release the GIL, so they run in threads;
+the event loop only moves their output. The hand-off is bounded in both directions: the
+thread blocks (cancellably) when the consumer is behind, and the consumer times out when
+the engine stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from voice_agent.errors import EngineTimeout
+
+T = TypeVar("T")
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+async def iterate_in_thread(
+    make_iterator: Callable[[threading.Event], Iterator[T]],
+    executor: Executor | None,
+    *,
+    first_timeout_s: float,
+    next_timeout_s: float,
+    what: str,
+    max_pending: int = 64,
+) -> AsyncIterator[T]:
+    """Yield what ``make_iterator(stop)`` yields in a worker thread.
+
+    Raises :class:`EngineTimeout` when the first item takes longer than ``first_timeout_s``
+    or a later one longer than ``next_timeout_s``; re-raises the worker's exceptions. On
+    exit (normal, error, cancellation, or ``aclose()`` by a consumer that stops early) the
+    ``stop`` event handed to the engine is set, so it stops at its next item; a worker stuck
+    inside an engine call is not waited for. Consume it under ``contextlib.aclosing``.
+    """
+    cancel = threading.Event()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+    slots = threading.BoundedSemaphore(max_pending)
+
+    def hand_over(kind: str, value: object) -> bool:
+        while not slots.acquire(timeout=0.05):
+            if cancel.is_set():
+                return False
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            return False
+        return True
+
+    def work() -> None:
+        try:
+            for item in make_iterator(cancel):
+                if cancel.is_set() or not hand_over(_ITEM, item):
+                    return
+            hand_over(_END, None)
+        except BaseException as exc:  # delivered to the consumer, which re-raises it
+            hand_over(_ERROR, exc)
+
+    loop.run_in_executor(executor, work)
+    timeout = first_timeout_s
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                stage = "first output" if timeout == first_timeout_s else "next output"
+                raise EngineTimeout(f"{what}: no {stage} within {timeout:.1f} s") from None
+            slots.release()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                assert isinstance(value, BaseException)  # noqa: S101 - internal invariant
+                raise value
+            yield value  # type: ignore[misc]
+            timeout = next_timeout_s
+    finally:
+        cancel.set()
+
+
+async def call_in_thread(
+    function: Callable[[], T], executor: Executor | None, *, timeout_s: float, what: str
+) -> T:
+    """Run a blocking call in ``executor`` with a time limit."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(executor, function), timeout_s)
+    except TimeoutError:
+        raise EngineTimeout(f"{what}: no result within {timeout_s:.1f} s") from None

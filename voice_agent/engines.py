@@ -1,0 +1,76 @@
+"""Load the engines once per process; every session shares them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from voice_agent.asr import Transcriber, WhisperAsr
+from voice_agent.config import Config
+from voice_agent.llm.base import LlmEngine
+from voice_agent.llm.llama_cpp import LlamaCppEngine
+from voice_agent.models import Manifest
+from voice_agent.tts.base import TtsEngine
+from voice_agent.tts.piper import PiperTts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    asr: Transcriber
+    llm: LlmEngine
+    tts: TtsEngine
+    # One thread per stage: a stage's engine serializes its calls anyway, and separate
+    # pools let LLM decoding and TTS of the previous sentence overlap.
+    asr_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="asr")
+    )
+    llm_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="llm")
+    )
+    tts_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
+    )
+    load_seconds: dict[str, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for pool in (self.asr_executor, self.llm_executor, self.tts_executor):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_asr(config: Config, manifest: Manifest) -> WhisperAsr:
+    name = config.asr.model
+    # Besides manifest names and directories, Whisper takes size names ("small.en") that
+    # are already in the local model cache; WhisperAsr reports those it cannot find.
+    if manifest.find("asr", name) is not None or name == "default":
+        return WhisperAsr(manifest.resolve("asr", name).path, config.asr)
+    return WhisperAsr(name, config.asr)
+
+
+def load_llm(config: Config, manifest: Manifest) -> LlamaCppEngine:
+    model = manifest.resolve("llm", config.llm.model)
+    return LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
+
+
+def load_tts(config: Config, manifest: Manifest) -> PiperTts:
+    model = manifest.resolve("tts", config.tts.voice)
+    return PiperTts(model.path, model.config_path, config.tts)
+
+
+def load_engines(config: Config, manifest: Manifest | None = None) -> Engines:
+    manifest = manifest or Manifest.load(config.models.manifest, config.models.directory or None)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    asr = load_asr(config, manifest)
+    seconds["asr"] = time.perf_counter() - started
+    started = time.perf_counter()
+    llm = load_llm(config, manifest)
+    seconds["llm"] = time.perf_counter() - started
+    started = time.perf_counter()
+    tts = load_tts(config, manifest)
+    seconds["tts"] = time.perf_counter() - started
+    log.info("engines loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
+    return Engines(asr=asr, llm=llm, tts=tts, load_seconds=seconds)

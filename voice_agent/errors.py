@@ -1,0 +1,74 @@
+"""One error tree for the whole service.
+
+Every error has a stable ``code`` (sent to clients, safe to match on) and a ``transient``
+flag: transient errors are worth retrying (or falling back to another engine for the same
+turn); permanent ones are not (bad input, a missing model file).
+"""
+
+from __future__ import annotations
+
+
+class VoiceAgentError(Exception):
+    """Base of every error the service reports."""
+
+    code = "internal"
+    transient = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(VoiceAgentError):
+    """The configuration file or an override is invalid."""
+
+    code = "config_invalid"
+
+
+class ModelError(VoiceAgentError):
+    """A model is missing, fails its checksum, or cannot be loaded."""
+
+    code = "model_unavailable"
+
+
+class ProtocolError(VoiceAgentError):
+    """A client message is malformed or not allowed now. The session goes on."""
+
+    code = "bad_message"
+
+
+class AudioFormatError(ProtocolError):
+    """Client audio is not 16-bit mono PCM at the announced rate."""
+
+    code = "bad_audio"
+
+
+class EngineError(VoiceAgentError):
+    """An engine (ASR, LLM, TTS) failed while serving a turn."""
+
+    code = "engine_failed"
+    transient = True
+
+
+class EngineTimeout(EngineError):
+    """An engine did not answer within its time budget."""
+
+    code = "engine_timeout"
+
+
+class Overloaded(VoiceAgentError):
+    """The service refuses more work than its bounded queues allow."""
+
+    code = "overloaded"
+    transient = True
+
+
+class DeviceError(VoiceAgentError):
+    """No usable sound device (for ``--mic``)."""
+
+    code = "no_audio_device"

@@ -1,0 +1,59 @@
+"""llama.cpp engine (llama-cpp-python) on a GGUF file, with the GGUF's own chat template."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from voice_agent.config import LlmConfig
+from voice_agent.errors import EngineError, ModelError
+from voice_agent.llm.base import ChatMessage
+
+
+class LlamaCppEngine:
+    """One loaded GGUF model shared by every session.
+
+    A llama.cpp context is not safe for concurrent use, so calls are serialized by a lock:
+    a second session's turn waits for the first reply to finish streaming.
+    """
+
+    def __init__(self, model_path: str, config: LlmConfig, *, name: str = "llama_cpp") -> None:
+        from llama_cpp import Llama
+
+        self.name = name
+        self._config = config
+        try:
+            self._llama = Llama(
+                model_path=model_path,
+                n_ctx=config.n_ctx,
+                n_threads=config.n_threads or None,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise ModelError(f"cannot load GGUF model {model_path}: {exc}") from exc
+        template = str(self._llama.metadata.get("tokenizer.chat_template", ""))
+        self.opens_reasoning = "<think>\\n" in template or "<think>\n" in template
+        self._lock = threading.Lock()
+
+    def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
+        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        with self._lock:
+            if cancel.is_set():
+                return
+            try:
+                chunks = self._llama.create_chat_completion(
+                    messages=payload,
+                    stream=True,
+                    max_tokens=self._config.max_tokens,
+                    temperature=self._config.temperature,
+                    top_p=self._config.top_p,
+                )
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
+                    piece = chunk["choices"][0]["delta"].get("content")
+                    if piece:
+                        yield piece
+            except Exception as exc:
+                raise EngineError(f"{self.name} failed: {exc}", code="llm_failed") from exc

@@ -1,0 +1,1 @@
+"""Network endpoints: the native WebSocket protocol (``protocol`` is its I/O-free core)."""

@@ -1,0 +1,226 @@
+"""The native wire protocol: JSON text frames for control and events, binary frames for PCM.
+
+Every message is a small frozen dataclass with a ``type`` string. This module never touches
+a socket: it turns text into messages and messages into text, and rejects anything
+malformed with a coded :class:`ProtocolError`. The README documents the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from voice_agent.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """First message: the PCM format the client sends and wants back."""
+
+    type: ClassVar[str] = "start"
+    sample_rate: int
+    """Rate of the client's 16-bit mono PCM, 8000-48000 Hz."""
+    output_sample_rate: int | None = None
+    """Rate of the reply PCM; defaults to ``sample_rate``."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the reply being generated or spoken now."""
+
+    type: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True)
+class End:
+    """No more audio: finish the open utterance and its reply, then close normally."""
+
+    type: ClassVar[str] = "end"
+
+
+@dataclass(frozen=True)
+class Ping:
+    type: ClassVar[str] = "ping"
+    id: str = ""
+
+
+ClientMessage = Start | Cancel | End | Ping
+
+
+# --- server -> client -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    type: ClassVar[str] = "ready"
+    session_id: str
+    sample_rate: int
+    output_sample_rate: int
+    protocol: int = PROTOCOL_VERSION
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    type: ClassVar[str] = "speech_started"
+    turn_id: int
+    audio_ms: int
+    """Stream time (ms of audio received) where speech began."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    type: ClassVar[str] = "speech_stopped"
+    turn_id: int
+    audio_ms: int
+    """Stream time at which the end of the turn was decided."""
+    speech_end_ms: int
+    """Stream time just after the last speech frame."""
+    reason: str
+    """``silence``, ``max_length`` or ``flush`` (the client sent ``end``)."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    type: ClassVar[str] = "transcript"
+    turn_id: int
+    text: str
+    asr_ms: float
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    type: ClassVar[str] = "reply_text"
+    turn_id: int
+    delta: str
+    """The next piece of reply text (reasoning never appears here)."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    type: ClassVar[str] = "turn_done"
+    turn_id: int
+    status: str
+    """``ok``, ``empty`` (nothing intelligible heard), ``cancelled`` or ``error``."""
+    transcript: str
+    reply_text: str
+    engine: str
+    audio_samples: int
+    """Reply samples sent as binary frames for this turn (at ``output_sample_rate``)."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    transient: bool = False
+    turn_id: int | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+    id: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    type: ClassVar[str] = "session_end"
+    reason: str
+    input_stats: dict[str, int] = field(default_factory=dict)
+    """Input samples (16 kHz) processed, and dropped by reason."""
+    seq: int = 0
+
+
+ServerEvent = (
+    Ready
+    | SpeechStarted
+    | SpeechStopped
+    | TranscriptEvent
+    | ReplyText
+    | TurnDone
+    | ErrorEvent
+    | Pong
+    | SessionEnd
+)
+
+CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping)}
+SERVER_TYPES: dict[str, type[Any]] = {
+    c.type: c
+    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, ReplyText, TurnDone,
+              ErrorEvent, Pong, SessionEnd)
+}
+
+_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "dict[str, float]": lambda v: isinstance(v, dict),
+    "dict[str, int]": lambda v: isinstance(v, dict),
+}
+
+
+def encode(message: Any) -> str:
+    """Message dataclass to a JSON text frame."""
+    return json.dumps({"type": message.type, **dataclasses.asdict(message)},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}", code="bad_json") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("message must be a JSON object", code="bad_json")
+    kind = data.pop("type", None)
+    cls = registry.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}", code="unknown_type")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in data.items():
+        spec = fields.get(name)
+        if spec is None:
+            raise ProtocolError(f"{kind}: unknown field {name!r}", code="bad_field")
+        if not _CHECKS[str(spec.type)](value):
+            raise ProtocolError(f"{kind}.{name}: expected {spec.type}, got {value!r}",
+                                code="bad_field")
+    missing = [
+        n for n, f in fields.items()
+        if n not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ProtocolError(f"{kind}: missing field(s) {', '.join(missing)}", code="bad_field")
+    return cls(**data)
+
+
+def decode_client(text: str | bytes) -> ClientMessage:
+    """Parse a client text frame; raises :class:`ProtocolError` with a stable code."""
+    message: ClientMessage = _decode(text, CLIENT_TYPES)
+    return message
+
+
+def decode_server(text: str | bytes) -> ServerEvent:
+    """Parse a server text frame (used by the client and the tests)."""
+    event: ServerEvent = _decode(text, SERVER_TYPES)
+    return event

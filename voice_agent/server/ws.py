@@ -1,0 +1,269 @@
+"""The native WebSocket endpoint (``websockets`` asyncio server).
+
+One :class:`Connection` per client: it decodes messages, feeds the I/O-free
+:class:`~voice_agent.session.Session`, and carries out the actions it returns (send an
+event, run or cancel a turn, close). Client mistakes get a coded ``error`` event and the
+session goes on; only protocol violations (oversized frames, too many errors, no ``start``
+in time) close the socket. Plain HTTP ``GET /healthz`` answers ``ok`` for probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from voice_agent.audio.frontend import make_frontend
+from voice_agent.audio.pcm import check_rate
+from voice_agent.audio.vad import make_vad
+from voice_agent.config import Config
+from voice_agent.engines import Engines
+from voice_agent.errors import ProtocolError, VoiceAgentError
+from voice_agent.server.protocol import (
+    Cancel,
+    ClientMessage,
+    End,
+    ErrorEvent,
+    Ping,
+    Pong,
+    Ready,
+    ServerEvent,
+    SessionEnd,
+    Start,
+    decode_client,
+    encode,
+)
+from voice_agent.session import Action, CancelTurn, Close, Emit, Session, StartTurn
+from voice_agent.turn import TurnRunner
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
+"""A client must send ``start`` within this after connecting."""
+SEND_TIMEOUT_S = 10.0
+"""A client that does not read for this long is closed (its reply would pile up)."""
+
+
+class Connection:
+    def __init__(self, ws: ServerConnection, engines: Engines, config: Config) -> None:
+        self.ws = ws
+        self.engines = engines
+        self.config = config
+        self.session_id = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._send_lock = asyncio.Lock()
+        self._errors = 0
+        self._turns: dict[int, asyncio.Task[Any]] = {}
+        self._session: Session | None = None
+        self._runner: TurnRunner | None = None
+        self._closing = False
+
+    # --- sending ---------------------------------------------------------------------
+
+    async def event(self, event: ServerEvent) -> None:
+        async with self._send_lock:
+            self._seq += 1
+            text = encode(dataclasses.replace(event, seq=self._seq))
+            await asyncio.wait_for(self.ws.send(text), SEND_TIMEOUT_S)
+
+    async def audio(self, pcm: bytes) -> None:
+        async with self._send_lock:
+            await asyncio.wait_for(self.ws.send(pcm), SEND_TIMEOUT_S)
+
+    async def _client_error(self, exc: VoiceAgentError) -> None:
+        self._errors += 1
+        await self.event(ErrorEvent(code=exc.code, message=str(exc), transient=exc.transient))
+        if self._errors >= self.config.server.max_errors:
+            await self.ws.close(1008, "too many client errors")
+
+    # --- receiving -------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            start = await self._await_start()
+            if start is None:
+                return
+            await self._run(start)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._stop_turns()
+
+    async def _await_start(self) -> Start | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.recv(), deadline - loop.time())
+            except TimeoutError:
+                await self.event(ErrorEvent(code="start_timeout",
+                                            message="no start message received"))
+                await self.ws.close(1008, "no start message")
+                return None
+            try:
+                if isinstance(message, bytes):
+                    raise ProtocolError("send a start message before audio", code="not_started")
+                parsed = decode_client(message)
+                if not isinstance(parsed, Start):
+                    raise ProtocolError(f"expected start, got {parsed.type}", code="not_started")
+                check_rate(parsed.sample_rate)
+                if parsed.output_sample_rate is not None:
+                    check_rate(parsed.output_sample_rate)
+                return parsed
+            except VoiceAgentError as exc:
+                await self._client_error(exc)
+
+    async def _run(self, start: Start) -> None:
+        config = self.config
+        output_rate = start.output_sample_rate or start.sample_rate
+        self._session = Session(
+            vad_config=config.vad,
+            frontend=make_frontend(config.frontend.noise_suppression,
+                                   config.frontend.auto_gain_dbfs),
+            vad=make_vad(config.vad),
+            input_rate=start.sample_rate,
+        )
+        self._runner = TurnRunner(self.engines, config, output_rate)
+        await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
+                               output_sample_rate=output_rate))
+        log.info("session %s started (%d Hz in, %d Hz out)", self.session_id,
+                 start.sample_rate, output_rate)
+        async for message in self.ws:
+            try:
+                if isinstance(message, bytes):
+                    actions = self._session.audio(message)
+                else:
+                    actions = self._control(decode_client(message))
+            except VoiceAgentError as exc:
+                await self._client_error(exc)
+                continue
+            await self._execute(actions)
+            if self._closing:
+                break
+
+    def _control(self, message: ClientMessage) -> list[Action]:
+        assert self._session is not None  # noqa: S101 - set before messages are read
+        if isinstance(message, Start):
+            raise ProtocolError("session already started", code="already_started")
+        if isinstance(message, Cancel):
+            return self._session.cancel()
+        if isinstance(message, End):
+            return self._session.end()
+        if isinstance(message, Ping):
+            return [Emit(Pong(id=message.id))]
+        raise ProtocolError(f"unhandled message {message!r}", code="unknown_type")
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Emit):
+                await self.event(action.event)
+            elif isinstance(action, StartTurn):
+                self._turns[action.turn_id] = asyncio.create_task(self._turn(action))
+            elif isinstance(action, CancelTurn):
+                task = self._turns.get(action.turn_id)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(action, Close):
+                await self._close(action.reason)
+
+    async def _turn(self, action: StartTurn) -> None:
+        assert self._runner is not None and self._session is not None  # noqa: S101
+        inner = asyncio.create_task(
+            self._runner.run(action.turn_id, action.audio, action.endpoint_wait_ms, self)
+        )
+        try:
+            done = await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            # Cancelling the turn cancels the engines' work; its terminal event still goes out.
+            inner.cancel()
+            done = await inner
+        try:
+            await self.event(done)
+            await self._execute(self._session.turn_finished(action.turn_id))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._turns.pop(action.turn_id, None)
+
+    async def _close(self, reason: str) -> None:
+        assert self._session is not None  # noqa: S101
+        self._closing = True
+        await self.event(SessionEnd(reason=reason, input_stats=self._session.input_stats()))
+        await self.ws.close(1000, reason)
+
+    async def _stop_turns(self) -> None:
+        tasks = list(self._turns.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            log.info("session %s ended: %s", self.session_id, self._session.input_stats())
+
+
+class VoiceServer:
+    """The WebSocket server. ``await start()``, then ``await stop()`` (or use ``async with``)."""
+
+    def __init__(self, engines: Engines, config: Config) -> None:
+        self.engines = engines
+        self.config = config
+        self._server: Server | None = None
+        self._active = 0
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None  # noqa: S101 - only valid after start()
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    async def start(self) -> VoiceServer:
+        cfg = self.config.server
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            max_size=cfg.max_message_bytes,
+            max_queue=cfg.input_queue_frames,
+            ping_interval=cfg.ping_interval_s,
+            ping_timeout=cfg.ping_timeout_s,
+            close_timeout=cfg.close_timeout_s,
+            process_request=self._http,
+        )
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> VoiceServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path in ("/healthz", "/readyz"):
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self._active >= self.config.server.max_sessions:
+            await ws.send(encode(ErrorEvent(code="overloaded", transient=True,
+                                            message="too many sessions; try again later")))
+            await ws.close(1013, "too many sessions")
+            return
+        self._active += 1
+        try:
+            await Connection(ws, self.engines, self.config).serve()
+        except Exception:
+            log.exception("session failed")
+            await ws.close(1011, "internal error")
+        finally:
+            self._active -= 1

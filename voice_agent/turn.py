@@ -1,0 +1,216 @@
+"""One turn: utterance → ASR → LLM (streamed, reasoning removed, cut into sentences) → TTS.
+
+The LLM and TTS overlap: sentences go through a bounded queue, so the first sentence is
+being spoken while the model writes the next. Every turn ends in exactly one
+:class:`TurnDone` (ok, empty, cancelled or error), whatever happens inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from voice_agent.aio import call_in_thread, iterate_in_thread
+from voice_agent.audio.pcm import Int16Array, StreamResampler
+from voice_agent.config import Config
+from voice_agent.engines import Engines
+from voice_agent.errors import VoiceAgentError
+from voice_agent.llm.conversation import Conversation
+from voice_agent.llm.text import ReasoningFilter, SentenceChunker
+from voice_agent.server.protocol import ErrorEvent, ReplyText, ServerEvent, TranscriptEvent, TurnDone
+
+log = logging.getLogger(__name__)
+
+AUDIO_FRAME_MS = 200
+"""Reply PCM is sent in binary frames of at most this length."""
+SENTENCE_QUEUE = 8
+
+
+class TurnOutput(Protocol):
+    """Where a turn's events and reply audio go (a WebSocket, a speaker, a test list)."""
+
+    async def event(self, event: ServerEvent) -> None: ...
+
+    async def audio(self, pcm: bytes) -> None: ...
+
+
+@dataclass
+class _Progress:
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    transcript: str = ""
+    reply: list[str] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)
+    audio_samples: int = 0
+
+    def mark(self, name: str) -> None:
+        self.timings.setdefault(name, round((time.perf_counter() - self.started) * 1000, 1))
+
+
+class TurnRunner:
+    """Runs turns for one session against the shared engines."""
+
+    def __init__(self, engines: Engines, config: Config, output_rate: int) -> None:
+        self._engines = engines
+        self._config = config
+        self._output_rate = output_rate
+        self.conversation = Conversation(config.llm.system_prompt, config.llm.history_turns)
+
+    async def run(
+        self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput
+    ) -> TurnDone:
+        """Run the turn; returns its terminal event (also when cancelled or failed)."""
+        progress = _Progress()
+        progress.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
+        status = "ok"
+        try:
+            await self._run(turn_id, audio, progress, out)
+            if not progress.transcript:
+                status = "empty"
+        except asyncio.CancelledError:
+            status = "cancelled"
+        except VoiceAgentError as exc:
+            status = "error"
+            log.warning("turn %d failed: %s (%s)", turn_id, exc.code, exc)
+            await out.event(ErrorEvent(code=exc.code, message=str(exc),
+                                       transient=exc.transient, turn_id=turn_id))
+        if progress.transcript and status in ("ok", "cancelled"):
+            self.conversation.add(progress.transcript, " ".join(progress.spoken))
+        progress.mark("total_ms")
+        return TurnDone(
+            turn_id=turn_id,
+            status=status,
+            transcript=progress.transcript,
+            reply_text="".join(progress.reply).strip(),
+            engine=self._engines.llm.name,
+            audio_samples=progress.audio_samples,
+            timings_ms=progress.timings,
+        )
+
+    async def _run(
+        self,
+        turn_id: int,
+        audio: Int16Array,
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        engines, config = self._engines, self._config
+        transcript = await call_in_thread(
+            lambda: engines.asr.transcribe(audio), engines.asr_executor,
+            timeout_s=config.asr.timeout_s, what="speech recognition",
+        )
+        progress.mark("asr_ms")
+        progress.transcript = transcript.text
+        await out.event(TranscriptEvent(turn_id=turn_id, text=transcript.text,
+                                        asr_ms=progress.timings["asr_ms"]))
+        if not any(ch.isalnum() for ch in transcript.text):
+            progress.transcript = ""
+            return
+        sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE)
+        speaker = asyncio.create_task(self._speak(sentences, progress, out))
+        try:
+            await self._think(turn_id, transcript.text, sentences, progress, out)
+            await sentences.put(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _think(
+        self,
+        turn_id: int,
+        text: str,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        llm, config = self._engines.llm, self._config.llm
+        messages = self.conversation.messages(text)
+        reasoning = ReasoningFilter(starts_in_reasoning=llm.opens_reasoning)
+        chunker = SentenceChunker()
+        llm_started = time.perf_counter()
+        tokens = iterate_in_thread(
+            lambda stop: llm.stream(messages, stop), self._engines.llm_executor,
+            first_timeout_s=config.first_token_timeout_s,
+            next_timeout_s=config.token_timeout_s, what=llm.name,
+        )
+        async with aclosing(tokens):
+            async for piece in tokens:
+                if "llm_first_token_ms" not in progress.timings:
+                    progress.timings["llm_first_token_ms"] = round(
+                        (time.perf_counter() - llm_started) * 1000, 1)
+                await self._speakable(turn_id, reasoning.feed(piece).speech, chunker,
+                                      sentences, progress, out)
+        await self._speakable(turn_id, reasoning.finish().speech, chunker, sentences,
+                              progress, out)
+        for sentence in chunker.finish():
+            await self._queue_sentence(sentence, sentences, progress)
+
+    async def _speakable(
+        self,
+        turn_id: int,
+        text: str,
+        chunker: SentenceChunker,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        if not text:
+            return
+        if not progress.reply:
+            text = text.lstrip()
+            if not text:
+                return
+        progress.reply.append(text)
+        await out.event(ReplyText(turn_id=turn_id, delta=text))
+        for sentence in chunker.feed(text):
+            await self._queue_sentence(sentence, sentences, progress)
+
+    @staticmethod
+    async def _queue_sentence(
+        sentence: str, sentences: asyncio.Queue[str | None], progress: _Progress
+    ) -> None:
+        progress.mark("first_sentence_ms")
+        await sentences.put(sentence)
+
+    async def _speak(
+        self,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        tts, config = self._engines.tts, self._config.tts
+        resampler = StreamResampler(tts.sample_rate, self._output_rate)
+        frame = max(1, self._output_rate * AUDIO_FRAME_MS // 1000)
+        while (sentence := await sentences.get()) is not None:
+            synth_started = time.perf_counter()
+            chunks = iterate_in_thread(
+                lambda stop, text=sentence: tts.synthesize(text, stop),
+                self._engines.tts_executor, first_timeout_s=config.timeout_s,
+                next_timeout_s=config.timeout_s, what="speech synthesis",
+            )
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if "tts_first_chunk_ms" not in progress.timings:
+                        progress.timings["tts_first_chunk_ms"] = round(
+                            (time.perf_counter() - synth_started) * 1000, 1)
+                    await self._send_audio(resampler.process(chunk), frame, progress, out)
+            progress.spoken.append(sentence)
+        await self._send_audio(resampler.flush(), frame, progress, out)
+
+    @staticmethod
+    async def _send_audio(
+        samples: Int16Array, frame: int, progress: _Progress, out: TurnOutput
+    ) -> None:
+        for start in range(0, samples.size, frame):
+            piece = np.asarray(samples[start : start + frame], dtype="<i2")
+            progress.mark("first_audio_ms")
+            progress.audio_samples += piece.size
+            await out.audio(piece.tobytes())
