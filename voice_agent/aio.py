@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ async def iterate_in_thread(
     next_timeout_s: float,
     what: str,
     max_pending: int = 64,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield what ``make_iterator(stop)`` yields in a worker thread.
 
     Raises :class:`EngineTimeout` when the first item takes longer than ``first_timeout_s``

@@ -100,7 +100,9 @@ class WhisperAsr:
             return self._transcribe_window(samples, language or "en", window_s)
         return self._transcribe_full(samples, language)
 
-    def _transcribe_window(self, samples: Float32Array, language: str, window_s: float) -> Transcript:
+    def _transcribe_window(
+        self, samples: Float32Array, language: str, window_s: float
+    ) -> Transcript:
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 

@@ -76,7 +76,9 @@ class Manifest:
         return cls(entries)
 
     @staticmethod
-    def _entry(role: Role, name: str, spec: dict[str, object], base: Path, where: Path) -> ModelEntry:
+    def _entry(
+        role: Role, name: str, spec: dict[str, object], base: Path, where: Path
+    ) -> ModelEntry:
         if not isinstance(spec.get("path"), str):
             raise ModelError(f"manifest {where}: [{role}.{name}] needs a path")
         package = spec.get("package")

@@ -8,8 +8,11 @@ being spoken while the model writes the next. Every turn ends in exactly one
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,7 +26,13 @@ from voice_agent.engines import Engines
 from voice_agent.errors import VoiceAgentError
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker
-from voice_agent.server.protocol import ErrorEvent, ReplyText, ServerEvent, TranscriptEvent, TurnDone
+from voice_agent.server.protocol import (
+    ErrorEvent,
+    ReplyText,
+    ServerEvent,
+    TranscriptEvent,
+    TurnDone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +201,7 @@ class TurnRunner:
         while (sentence := await sentences.get()) is not None:
             synth_started = time.perf_counter()
             chunks = iterate_in_thread(
-                lambda stop, text=sentence: tts.synthesize(text, stop),
+                functools.partial(self._synthesize, sentence),
                 self._engines.tts_executor, first_timeout_s=config.timeout_s,
                 next_timeout_s=config.timeout_s, what="speech synthesis",
             )
@@ -204,6 +213,9 @@ class TurnRunner:
                     await self._send_audio(resampler.process(chunk), frame, progress, out)
             progress.spoken.append(sentence)
         await self._send_audio(resampler.flush(), frame, progress, out)
+
+    def _synthesize(self, text: str, stop: threading.Event) -> Iterator[Int16Array]:
+        return self._engines.tts.synthesize(text, stop)
 
     @staticmethod
     async def _send_audio(

@@ -36,7 +36,8 @@ def bytes_to_int16(data: bytes) -> Int16Array:
     """Little-endian 16-bit mono PCM bytes to samples; odd lengths are a format error."""
     if len(data) % 2:
         raise AudioFormatError(f"PCM16 frames need an even byte count, got {len(data)}")
-    return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+    samples: Int16Array = np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+    return samples
 
 
 def int16_to_float(samples: Int16Array) -> Float32Array:
@@ -45,7 +46,7 @@ def int16_to_float(samples: Int16Array) -> Float32Array:
 
 def float_to_int16(samples: npt.NDArray[np.floating]) -> Int16Array:
     scaled = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768.0, 32767.0)
-    return np.round(scaled).astype(np.int16)
+    return np.asarray(np.round(scaled), dtype=np.int16)
 
 
 def resample(samples: Int16Array, rate_in: int, rate_out: int) -> Int16Array:

@@ -105,7 +105,9 @@ class Endpointer:
         self._end_frames = max(1, config.end_silence_ms // FRAME_MS)
         self._min_frames = config.min_utterance_ms // FRAME_MS
         self._max_frames = int(config.max_utterance_s * 1000) // FRAME_MS
-        self._pre_roll: deque[Int16Array] = deque(maxlen=max(1, config.pre_roll_ms // FRAME_MS))
+        # The frames that triggered the start are always kept, even with a shorter pre-roll.
+        pre_roll_frames = max(self._start_frames, config.pre_roll_ms // FRAME_MS)
+        self._pre_roll: deque[Int16Array] = deque(maxlen=pre_roll_frames)
         self._frames: list[Int16Array] = []
         self._in_speech = False
         self._silence_run = 0

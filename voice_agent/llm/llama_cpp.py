@@ -52,8 +52,9 @@ class LlamaCppEngine:
                 for chunk in chunks:
                     if cancel.is_set():
                         break
-                    piece = chunk["choices"][0]["delta"].get("content")
+                    delta: Any = chunk["choices"][0]["delta"]  # type: ignore[index]
+                    piece = delta.get("content")
                     if piece:
-                        yield piece
+                        yield str(piece)
             except Exception as exc:
                 raise EngineError(f"{self.name} failed: {exc}", code="llm_failed") from exc

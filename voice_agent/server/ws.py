@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import uuid
 from http import HTTPStatus
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -24,6 +23,7 @@ from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import check_rate
 from voice_agent.audio.vad import make_vad
 from voice_agent.config import Config
+from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
 from voice_agent.errors import ProtocolError, VoiceAgentError
 from voice_agent.server.protocol import (
@@ -40,7 +40,7 @@ from voice_agent.server.protocol import (
     decode_client,
     encode,
 )
-from voice_agent.session import Action, CancelTurn, Close, Emit, Session, StartTurn
+from voice_agent.session import Action, Emit, Session
 from voice_agent.turn import TurnRunner
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ class Connection:
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._errors = 0
-        self._turns: dict[int, asyncio.Task[Any]] = {}
-        self._session: Session | None = None
-        self._runner: TurnRunner | None = None
+        self._driver: SessionDriver | None = None
         self._closing = False
 
     # --- sending ---------------------------------------------------------------------
@@ -94,7 +92,10 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            await self._stop_turns()
+            if self._driver is not None:
+                await self._driver.stop()
+                log.info("session %s ended: %s", self.session_id,
+                         self._driver.session.input_stats())
 
     async def _await_start(self) -> Start | None:
         loop = asyncio.get_running_loop()
@@ -123,14 +124,15 @@ class Connection:
     async def _run(self, start: Start) -> None:
         config = self.config
         output_rate = start.output_sample_rate or start.sample_rate
-        self._session = Session(
+        session = Session(
             vad_config=config.vad,
             frontend=make_frontend(config.frontend.noise_suppression,
                                    config.frontend.auto_gain_dbfs),
             vad=make_vad(config.vad),
             input_rate=start.sample_rate,
         )
-        self._runner = TurnRunner(self.engines, config, output_rate)
+        runner = TurnRunner(self.engines, config, output_rate)
+        self._driver = driver = SessionDriver(session, runner, self, self._close)
         await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
                                output_sample_rate=output_rate))
         log.info("session %s started (%d Hz in, %d Hz out)", self.session_id,
@@ -138,74 +140,33 @@ class Connection:
         async for message in self.ws:
             try:
                 if isinstance(message, bytes):
-                    actions = self._session.audio(message)
+                    actions = session.audio(message)
                 else:
-                    actions = self._control(decode_client(message))
+                    actions = self._control(session, decode_client(message))
             except VoiceAgentError as exc:
                 await self._client_error(exc)
                 continue
-            await self._execute(actions)
+            await driver.execute(actions)
             if self._closing:
                 break
 
-    def _control(self, message: ClientMessage) -> list[Action]:
-        assert self._session is not None  # noqa: S101 - set before messages are read
+    def _control(self, session: Session, message: ClientMessage) -> list[Action]:
         if isinstance(message, Start):
             raise ProtocolError("session already started", code="already_started")
         if isinstance(message, Cancel):
-            return self._session.cancel()
+            return session.cancel()
         if isinstance(message, End):
-            return self._session.end()
+            return session.end()
         if isinstance(message, Ping):
             return [Emit(Pong(id=message.id))]
         raise ProtocolError(f"unhandled message {message!r}", code="unknown_type")
 
-    async def _execute(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Emit):
-                await self.event(action.event)
-            elif isinstance(action, StartTurn):
-                self._turns[action.turn_id] = asyncio.create_task(self._turn(action))
-            elif isinstance(action, CancelTurn):
-                task = self._turns.get(action.turn_id)
-                if task is not None:
-                    task.cancel()
-            elif isinstance(action, Close):
-                await self._close(action.reason)
-
-    async def _turn(self, action: StartTurn) -> None:
-        assert self._runner is not None and self._session is not None  # noqa: S101
-        inner = asyncio.create_task(
-            self._runner.run(action.turn_id, action.audio, action.endpoint_wait_ms, self)
-        )
-        try:
-            done = await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            # Cancelling the turn cancels the engines' work; its terminal event still goes out.
-            inner.cancel()
-            done = await inner
-        try:
-            await self.event(done)
-            await self._execute(self._session.turn_finished(action.turn_id))
-        except ConnectionClosed:
-            pass
-        finally:
-            self._turns.pop(action.turn_id, None)
-
     async def _close(self, reason: str) -> None:
-        assert self._session is not None  # noqa: S101
+        assert self._driver is not None  # noqa: S101 - Close comes from the driver's session
         self._closing = True
-        await self.event(SessionEnd(reason=reason, input_stats=self._session.input_stats()))
+        stats = self._driver.session.input_stats()
+        await self.event(SessionEnd(reason=reason, input_stats=stats))
         await self.ws.close(1000, reason)
-
-    async def _stop_turns(self) -> None:
-        tasks = list(self._turns.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            log.info("session %s ended: %s", self.session_id, self._session.input_stats())
 
 
 class VoiceServer:

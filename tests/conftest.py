@@ -1,0 +1,57 @@
+"""Shared fixtures: the real engines (loaded once), a real server on port 0, speech clips."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from voice_agent.bench import Clip, load_clips, shared_audio_dir
+from voice_agent.config import Config, load_config
+from voice_agent.engines import Engines, load_engines
+from voice_agent.server.ws import VoiceServer
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+
+
+def make_config(**overrides: dict[str, object]) -> Config:
+    """Defaults, with a loopback server on a free port."""
+    sections = {"server": {"host": "127.0.0.1", "port": 0}, **overrides}
+    return load_config(env={}, overrides=sections)
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    loaded = load_engines(make_config())
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+async def server(engines: Engines) -> AsyncIterator[VoiceServer]:
+    async with VoiceServer(engines, make_config()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def server_url(server: VoiceServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+def fixture_clips() -> list[Clip]:
+    return [c for c in load_clips(FIXTURES / "manifest.tsv", source="fixtures")
+            if "_" not in c.path.stem]
+
+
+def speech_clips() -> list[Clip]:
+    """Real human speech from ../shared/audio when present, else the project's fixtures."""
+    shared = shared_audio_dir()
+    if shared is None:
+        return fixture_clips()
+    return load_clips(shared / "manifest.tsv", source="shared", prefix="speech/")
+
+
+def harvard_clips() -> list[Clip]:
+    return [c for c in speech_clips() if c.path.name.startswith("spk")] or fixture_clips()

@@ -1,0 +1,235 @@
+"""Reasoning filter and sentence chunker: examples, and invariance under any split of the text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voice_agent.llm.text import (
+    Filtered,
+    ReasoningFilter,
+    SentenceChunker,
+    clean_for_speech,
+)
+
+
+def filter_pieces(pieces: list[str], *, starts_in_reasoning: bool = False) -> Filtered:
+    rf = ReasoningFilter(starts_in_reasoning=starts_in_reasoning)
+    total = Filtered()
+    for piece in pieces:
+        out = rf.feed(piece)
+        total.speech += out.speech
+        total.reasoning += out.reasoning
+    out = rf.finish()
+    total.speech += out.speech
+    total.reasoning += out.reasoning
+    return total
+
+
+def chunk_pieces(pieces: list[str], **options: int) -> list[str]:
+    chunker = SentenceChunker(**options)
+    chunks: list[str] = []
+    for piece in pieces:
+        chunks.extend(chunker.feed(piece))
+    return chunks + chunker.finish()
+
+
+def split_text(text: str, cuts: list[int]) -> list[str]:
+    points = [0, *sorted({c % (len(text) + 1) for c in cuts}), len(text)]
+    return [text[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+# --- ReasoningFilter: examples --------------------------------------------------------
+
+
+def test_think_block_goes_to_reasoning() -> None:
+    out = filter_pieces(["<think>abc</think>Hello"])
+    assert out.speech == "Hello"
+    assert out.reasoning == "abc"
+
+
+def test_newlines_after_the_think_block_are_not_spoken() -> None:
+    out = filter_pieces(["<think>\nplan\n</think>\n\nHi there."])
+    assert out.speech == "Hi there."
+    assert out.reasoning == "\nplan\n"
+
+
+def test_text_before_and_between_blocks_is_speech() -> None:
+    out = filter_pieces(["Sure. <think>a</think>One <think>b</think>two"])
+    assert out.speech == "Sure. One two"
+    assert out.reasoning == "ab"
+
+
+def test_stream_that_starts_inside_reasoning() -> None:
+    # The DeepSeek-R1 chat template already opened <think>: the stream starts inside it.
+    out = filter_pieces(["Let me think.", "</think>", "The answer is four."],
+                        starts_in_reasoning=True)
+    assert out.speech == "The answer is four."
+    assert out.reasoning == "Let me think."
+
+
+def test_unclosed_think_keeps_everything_out_of_speech() -> None:
+    out = filter_pieces(["Hi. <think>secret plan", " continues", " forever </thi"])
+    assert out.speech == "Hi. "
+    assert "secret plan continues forever" in out.reasoning
+    assert "secret" not in out.speech
+
+
+def test_unclosed_when_starting_in_reasoning() -> None:
+    out = filter_pieces(["reasoning without an end"], starts_in_reasoning=True)
+    assert out.speech == ""
+    assert out.reasoning == "reasoning without an end"
+
+
+def test_tag_split_across_pieces_is_held_back() -> None:
+    rf = ReasoningFilter()
+    first = rf.feed("Hello <th")
+    assert first.speech == "Hello "  # '<th' might start a tag: not spoken yet
+    second = rf.feed("ink>x</thi")
+    assert second.speech == ""
+    assert second.reasoning == "x"
+    third = rf.feed("nk>World")
+    assert third.speech == "World"
+
+
+@pytest.mark.parametrize("text", ["a < b", "1 <2 and 3> 2", "<", "x <t", "<thin", "<<think"])
+def test_lone_angle_brackets_pass_through(text: str) -> None:
+    assert filter_pieces([text]).speech == text
+    assert filter_pieces(list(text)).speech == text
+
+
+def test_held_partial_tag_is_flushed_as_speech_by_finish() -> None:
+    rf = ReasoningFilter()
+    assert rf.feed("a <thi").speech == "a "
+    assert rf.finish().speech == "<thi"
+    assert rf.finish().speech == ""
+
+
+# --- ReasoningFilter: any split -------------------------------------------------------
+
+reasoning_texts = st.lists(
+    st.sampled_from(["<think>", "</think>", "<", ">", "<th", "ink>", "\n", " ", "a", "Hi.", "x y"]),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=400)
+@given(
+    text=st.one_of(reasoning_texts, st.text(max_size=40)),
+    cuts=st.lists(st.integers(0, 200), max_size=12),
+    starts_in_reasoning=st.booleans(),
+)
+def test_reasoning_filter_is_independent_of_splits(
+    text: str, cuts: list[int], starts_in_reasoning: bool
+) -> None:
+    whole = filter_pieces([text], starts_in_reasoning=starts_in_reasoning)
+    split = filter_pieces(split_text(text, cuts), starts_in_reasoning=starts_in_reasoning)
+    assert split == whole
+    # Nothing is lost but the tags themselves and newlines after a close tag.
+    dropped = text.replace("<think>", "").replace("</think>", "").replace("\n", "")
+    kept = (whole.speech + whole.reasoning).replace("\n", "")
+    if "<think" not in dropped and "</think" not in dropped:
+        assert kept == dropped
+
+
+@given(text=st.text(max_size=60).filter(lambda t: "<" not in t))
+def test_text_without_tags_is_all_speech(text: str) -> None:
+    assert filter_pieces(list(text)) == Filtered(speech=text, reasoning="")
+
+
+# --- SentenceChunker: examples --------------------------------------------------------
+
+
+def test_sentences_are_emitted_as_soon_as_complete() -> None:
+    chunker = SentenceChunker()
+    assert chunker.feed("Hello there") == []
+    assert chunker.feed(".") == []  # could still be "...", or a decimal
+    assert chunker.feed(" How") == ["Hello there."]
+    assert chunker.feed(" are you? I am") == ["How are you?"]
+    assert chunker.feed(" fine!\n") == ["I am fine!"]
+    assert chunker.finish() == []
+
+
+def test_finish_emits_the_rest() -> None:
+    chunker = SentenceChunker()
+    assert chunker.feed("No full stop at the end") == []
+    assert chunker.finish() == ["No full stop at the end"]
+    assert chunker.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Dr. Smith is in. Mr. Jones is out. ", ["Dr. Smith is in.", "Mr. Jones is out."]),
+        ("It costs 3.5 dollars. Cheap. ", ["It costs 3.5 dollars.", "Cheap."]),
+        ("Use tools, e.g. a hammer. Done. ", ["Use tools, e.g. a hammer.", "Done."]),
+        ('He said "stop." Then left. ', ['He said "stop."', "Then left."]),
+        ("Really?! Yes... maybe. ", ["Really?!", "Yes...", "maybe."]),
+        ("Line one\nLine two\n", ["Line one", "Line two"]),
+    ],
+)
+def test_sentence_boundaries(text: str, expected: list[str]) -> None:
+    assert chunk_pieces([text]) == expected
+
+
+def test_first_chunk_may_end_at_a_clause_after_enough_words() -> None:
+    text = "Well, the weather today is sunny and warm, so go outside, have fun, and relax. "
+    assert chunk_pieces(list(text)) == [
+        "Well, the weather today is sunny and warm,",
+        "so go outside, have fun, and relax.",
+    ]
+
+
+def test_clause_break_needs_the_minimum_word_count() -> None:
+    assert chunk_pieces(list("One two, three four five. ")) == ["One two, three four five."]
+    assert chunk_pieces(list("One two, three four five, six. "), first_chunk_min_words=2) == [
+        "One two,",
+        "three four five, six.",
+    ]
+
+
+def test_markdown_symbols_are_removed() -> None:
+    text = "**Bold** and _italic_ with `code`. # Heading ~~gone~~\n"
+    assert chunk_pieces([text]) == ["Bold and italic with code.", "Heading gone"]
+    assert clean_for_speech("  a\t*b*   c \n") == "a b c"
+
+
+def test_chunks_without_words_are_dropped() -> None:
+    assert chunk_pieces(["... !!! \n\n *** \n"]) == []
+
+
+def test_overlong_sentence_is_cut_at_a_space() -> None:
+    words = " ".join(f"word{i}" for i in range(60))
+    chunks = chunk_pieces([words], max_chunk_chars=50)
+    assert all(len(chunk) <= 50 for chunk in chunks)
+    assert " ".join(chunks) == words
+
+
+# --- SentenceChunker: any split -------------------------------------------------------
+
+chunk_texts = st.lists(
+    st.sampled_from([
+        "Hello", "world", "Dr.", "3.5", "e.g.", " ", " ", " ", "  ", ".", "!", "?", ",", ";",
+        "\n", "**", "#", "one two three", "four five six seven", '"', ")", "Ok.", "a", "end",
+    ]),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400)
+@given(
+    text=st.one_of(chunk_texts, st.text(alphabet=" .,!?\nab*", max_size=60)),
+    cuts=st.lists(st.integers(0, 500), max_size=15),
+    first_words=st.integers(1, 6),
+    max_chars=st.sampled_from([12, 40, 300]),
+)
+def test_sentence_chunker_is_independent_of_splits(
+    text: str, cuts: list[int], first_words: int, max_chars: int
+) -> None:
+    options = {"first_chunk_min_words": first_words, "max_chunk_chars": max_chars}
+    whole = chunk_pieces([text], **options)
+    assert chunk_pieces(split_text(text, cuts), **options) == whole
+    assert chunk_pieces(list(text), **options) == whole
+    # No word is lost or invented, only markup and whitespace.
+    assert " ".join(whole).split() == clean_for_speech(text).split()

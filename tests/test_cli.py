@@ -1,0 +1,136 @@
+"""The ``voice-agent`` commands as a user runs them: real processes, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import harvard_clips, speech_clips
+from voice_agent.audio.pcm import read_audio
+from voice_agent.wer import pooled_word_error_rate, word_error_rate
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "voice_agent"]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def serve_url() -> Iterator[str]:
+    """``voice-agent serve --port 0`` as a real process; yields its URL."""
+    process = subprocess.Popen([*CLI, "serve", "--port", "0"], stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True)
+    assert process.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + 180
+    url = None
+    log: list[str] = []
+    while url is None and time.monotonic() < deadline and process.poll() is None:
+        if selector.select(timeout=1):
+            line = process.stderr.readline()
+            log.append(line)
+            match = re.search(r"listening on (ws://\S+)", line)
+            url = match.group(1) if match else None
+    assert url, "server did not start:\n" + "".join(log)
+    try:
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, "serve did not stop cleanly on SIGTERM"
+
+
+def test_client_against_served_appliance(serve_url: str, tmp_path: Path) -> None:
+    clip = speech_clips()[1]
+    reply = tmp_path / "reply.wav"
+    done = run_cli("client", str(clip.path), "--url", serve_url, "--json", "-o", str(reply),
+                   "--output-rate", "22050")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert word_error_rate(clip.reference, result["transcript"]) < 0.35, result["transcript"]
+    assert result["reply_text"]
+    assert result["reply_audio_seconds"] > 0.5
+    assert 0 < result["voice_to_voice_ms"] < 10_000
+    assert {e["type"] for e in result["events"]} >= {
+        "ready", "speech_started", "speech_stopped", "transcript", "reply_text", "turn_done",
+        "session_end"}
+    audio, rate = read_audio(reply, rate=None)
+    assert rate == 22050
+    assert audio.size / rate == pytest.approx(result["reply_audio_seconds"], abs=0.01)
+
+
+def test_transcribe_harvard_sentences_word_error_rate() -> None:
+    clips = harvard_clips()
+    done = run_cli("transcribe", *(str(c.path) for c in clips))
+    assert done.returncode == 0, done.stderr
+    heard = dict(line.split("\t", 1) for line in done.stdout.strip().splitlines())
+    wer = pooled_word_error_rate((c.reference, heard[str(c.path)]) for c in clips)
+    assert wer < 0.10, heard
+
+
+def test_say_speaks_text_that_transcribes_back(tmp_path: Path) -> None:
+    out = tmp_path / "hello.wav"
+    text = "The quick brown fox jumps over the lazy dog."
+    done = run_cli("say", text, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    back = run_cli("transcribe", str(out))
+    assert word_error_rate(text, back.stdout) < 0.3, back.stdout
+
+
+def test_mic_without_a_sound_device_is_one_clear_line() -> None:
+    env = {**os.environ, "AUDIODEV": "none"}
+    done = run_cli("--mic", timeout=60, env=env)
+    if done.returncode == 0:
+        pytest.skip("this machine has a working sound device")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "[no_audio_device]" in lines[0], done.stderr
+
+
+def test_bad_input_file_is_a_coded_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-audio.wav"
+    bogus.write_bytes(b"this is not a wav file")
+    done = run_cli("transcribe", str(bogus))
+    assert done.returncode == 2
+    assert "[bad_audio]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_config_is_a_coded_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[vad]\nend_silence_ms = 5\n")
+    done = run_cli("serve", "--config", str(config))
+    assert done.returncode == 2
+    assert "[config_invalid]" in done.stderr and "end_silence_ms" in done.stderr
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = run_cli("bench", "--clips", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "voice-to-voice (client)" in done.stdout and "p95 ms" in done.stdout
+    assert "[2/2]" in done.stderr  # progress is shown
+    report = json.loads(out.read_text())
+    assert report["summary_ms"]["voice_to_voice_ms"]["n"] == 2
+    assert len(report["clips"]) == 2 and report["peak_rss_mb"] > 0
+
+
+def test_doctor_checks_the_embedded_models() -> None:
+    done = run_cli("doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok (sha256 verified)") == 3

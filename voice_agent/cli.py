@@ -1,0 +1,280 @@
+"""``voice-agent``: serve | client | --mic | transcribe | say | bench | doctor.
+
+Every command prints one clear line for expected failures (``voice-agent: error [code]:
+message``, exit 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from voice_agent import __version__
+from voice_agent.config import Config, describe, load_config
+from voice_agent.errors import VoiceAgentError
+
+log = logging.getLogger("voice_agent")
+
+
+def _progress(message: str) -> None:
+    print(f"voice-agent: {message}", file=sys.stderr, flush=True)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+    }
+    return load_config(args.config, overrides=overrides)
+
+
+def _load_engines(config: Config) -> Any:
+    from voice_agent.engines import load_engines
+
+    _progress("loading models (ASR, LLM, TTS)…")
+    started = time.perf_counter()
+    engines = load_engines(config)
+    loaded = ", ".join(f"{k} {v:.1f}s" for k, v in engines.load_seconds.items())
+    _progress(f"models ready in {time.perf_counter() - started:.1f} s ({loaded})")
+    return engines
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+async def _serve(config: Config) -> None:
+    from voice_agent import sdnotify
+    from voice_agent.server.ws import VoiceServer
+
+    engines = _load_engines(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with VoiceServer(engines, config) as server:
+            _progress(f"listening on ws://{config.server.host}:{server.port} (Ctrl-C stops)")
+            sdnotify.notify("READY=1\nSTATUS=serving")
+            interval = sdnotify.watchdog_interval_s()
+            watchdog = asyncio.create_task(sdnotify.watchdog_loop(interval)) if interval else None
+            await stop.wait()
+            _progress("stopping…")
+            sdnotify.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
+    finally:
+        engines.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(_config(args)))
+    return 0
+
+
+# --- client -----------------------------------------------------------------------------
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from voice_agent.audio.pcm import write_wav
+    from voice_agent.client import stream_file
+
+    result = asyncio.run(stream_file(
+        args.file, args.url, output_rate=args.output_rate,
+        trailing_silence_s=args.trailing_silence, realtime=not args.fast,
+    ))
+    if args.output:
+        write_wav(args.output, result.reply_audio, result.output_sample_rate)
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        print(f"you said:   {result.transcript}")
+        print(f"it replied: {result.reply_text}")
+        v2v = "n/a" if result.voice_to_voice_ms is None else f"{result.voice_to_voice_ms:.0f} ms"
+        print(f"reply audio {result.reply_audio_seconds:.2f} s, voice-to-voice {v2v}")
+        for error in result.errors:
+            print(f"error [{error['code']}]: {error['message']}")
+    return 1 if result.errors else 0
+
+
+# --- transcribe / say -------------------------------------------------------------------
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
+    from voice_agent.audio.pcm import Framer, read_audio
+    from voice_agent.engines import load_asr
+    from voice_agent.models import Manifest
+
+    config = _config(args)
+    manifest = Manifest.load(config.models.manifest, config.models.directory or None)
+    asr = load_asr(config, manifest)
+    for path in args.files:
+        audio, _ = read_audio(path)
+        if not args.raw:
+            # The same frontend the live pipeline uses, so this checks what the service hears.
+            frontend = make_frontend(config.frontend.noise_suppression,
+                                     config.frontend.auto_gain_dbfs)
+            frames = Framer(FRAME_SAMPLES).push(audio)
+            audio = np.concatenate([frontend.process(f) for f in frames]) if frames else audio
+        text = asr.transcribe(audio).text
+        print(f"{path}\t{text}" if len(args.files) > 1 else text, flush=True)
+    return 0
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    import threading
+
+    from voice_agent.audio.pcm import write_wav
+    from voice_agent.engines import load_tts
+    from voice_agent.models import Manifest
+
+    config = _config(args)
+    manifest = Manifest.load(config.models.manifest, config.models.directory or None)
+    tts = load_tts(config, manifest)
+    chunks = list(tts.synthesize(args.text, threading.Event()))
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    write_wav(args.output, audio, tts.sample_rate)
+    _progress(f"wrote {args.output} ({audio.size / tts.sample_rate:.2f} s)")
+    return 0
+
+
+# --- mic / bench / doctor ---------------------------------------------------------------
+
+
+def cmd_mic(args: argparse.Namespace) -> int:
+    from voice_agent.mic import open_sounddevice, run_mic
+
+    config = _config(args)
+    open_sounddevice()  # fail in one line before spending seconds on loading models
+    engines = _load_engines(config)
+    try:
+        asyncio.run(run_mic(engines, config))
+    finally:
+        engines.close()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from voice_agent.bench import run_bench
+
+    config = _config(args)
+    return asyncio.run(run_bench(config, json_path=args.json, limit=args.clips))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from voice_agent.asr import cuda_available
+    from voice_agent.models import Manifest
+
+    config = _config(args)
+    print(json.dumps(describe(config), indent=2))
+    manifest = Manifest.load(config.models.manifest, config.models.directory or None)
+    ok = True
+    for entry in manifest.entries:
+        try:
+            resolved = manifest.resolve(entry.role, entry.name)
+            state = "ok (sha256 verified)" if resolved.verified else "ok"
+        except VoiceAgentError as exc:
+            state, ok = f"FAILED: {exc}", ok and not entry.default
+        print(f"{entry.role:4} {entry.name:40} {state}")
+    print(f"CUDA for ASR: {'yes' if cuda_available() else 'no (CPU int8)'}")
+    try:
+        import sounddevice
+
+        print(f"sound devices: {len(sounddevice.query_devices())}")
+    except OSError as exc:
+        print(f"sound devices: unavailable ({exc})")
+    return 0 if ok else 2
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"voice-agent {__version__}")
+    parser.add_argument("--mic", action="store_true", help="talk to it through the sound device")
+    parser.add_argument("--config", help="TOML settings file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
+        return p
+
+    p = command("serve", "run the WebSocket endpoint")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks one)")
+    p.set_defaults(func=cmd_serve)
+
+    p = command("client", "stream an audio file to an appliance and save its reply")
+    p.add_argument("file", help="WAV/FLAC file of speech")
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="appliance URL")
+    p.add_argument("-o", "--output", help="write the reply audio to this WAV file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--output-rate", type=int, help="reply sample rate (default: the file's)")
+    p.add_argument("--trailing-silence", type=float, default=2.0, help="seconds after speech")
+    p.add_argument("--fast", action="store_true", help="send faster than real time")
+    p.set_defaults(func=cmd_client)
+
+    p = command("transcribe", "transcribe audio files with the configured ASR")
+    p.add_argument("files", nargs="+", help="WAV/FLAC files")
+    p.add_argument("--raw", action="store_true", help="skip the noise-suppression frontend")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = command("say", "speak text to a WAV file with the configured TTS")
+    p.add_argument("text")
+    p.add_argument("-o", "--output", required=True, help="output WAV file")
+    p.set_defaults(func=cmd_say)
+
+    p = command("mic", "talk to it through the sound device (same as --mic)")
+    p.set_defaults(func=cmd_mic)
+
+    p = command("bench", "measure per-stage and voice-to-voice latency on real speech")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--clips", type=int, help="use at most this many clips")
+    p.set_defaults(func=cmd_bench)
+
+    p = command("doctor", "check models, checksums, GPU and sound devices")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    if args.mic:
+        args.func = cmd_mic
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except VoiceAgentError as exc:
+        print(f"voice-agent: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # e.g. a port in use, a file that cannot be written
+        print(f"voice-agent: error [os_error]: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
