@@ -70,7 +70,8 @@ def main() -> int:
             for index, clip in enumerate(clips):
                 speech, _ = read_audio(clip.path)
                 noisy = mix(speech, noises[index % len(noises)], snr, offset=index * 16000)
-                pairs.append((clip.reference, asr.transcribe(through_frontend(noisy, ns, agc)).text))
+                heard = asr.transcribe(through_frontend(noisy, ns, agc)).text
+                pairs.append((clip.reference, heard))
             row[f"ns{ns}_agc{agc}"] = round(pooled_word_error_rate(pairs), 4)
         results[str(snr)] = row
         print(f"{snr:>6} " + " ".join(f"{v:>10.1%}" for v in row.values()), flush=True)

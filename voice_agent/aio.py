@@ -63,13 +63,12 @@ async def iterate_in_thread(
             hand_over(_ERROR, exc)
 
     loop.run_in_executor(executor, work)
-    timeout = first_timeout_s
+    timeout, stage = first_timeout_s, "first output"
     try:
         while True:
             try:
                 kind, value = await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
-                stage = "first output" if timeout == first_timeout_s else "next output"
                 raise EngineTimeout(f"{what}: no {stage} within {timeout:.1f} s") from None
             slots.release()
             if kind == _END:
@@ -78,7 +77,7 @@ async def iterate_in_thread(
                 assert isinstance(value, BaseException)  # noqa: S101 - internal invariant
                 raise value
             yield value  # type: ignore[misc]
-            timeout = next_timeout_s
+            timeout, stage = next_timeout_s, "next output"
     finally:
         cancel.set()
 

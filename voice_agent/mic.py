@@ -155,9 +155,7 @@ async def run_mic(engines: Engines, config: Config) -> None:
             try:
                 while True:
                     data = await frames.get()
-                    if player.busy:
-                        session.dropped["playing"] += len(data) // 2
-                        continue
+                    session.muted = player.busy
                     await driver.execute(session.audio(data))
             finally:
                 await driver.stop()

@@ -105,6 +105,9 @@ class Session:
         self._active_turn: int | None = None
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
+        self.muted = False
+        """Set by the owner while input must not be listened to (its own reply is playing on
+        an open speaker): audio is dropped and counted, stream time goes on."""
 
     @property
     def active_turn(self) -> int | None:
@@ -119,7 +122,8 @@ class Session:
         """Client PCM16 at the input rate; raises ``bad_audio`` for an odd byte count."""
         samples = bytes_to_int16(pcm)
         if self.state in (State.ENDING, State.CLOSED):
-            self.dropped["after_end"] += samples.size
+            # Counted in pipeline (16 kHz) samples, like everything in input_stats().
+            self.dropped["after_end"] += samples.size * PIPELINE_RATE // self._resampler.rate_in
             return []
         actions: list[Action] = []
         for frame in self._framer.push(self._resampler.process(samples)):
@@ -127,8 +131,9 @@ class Session:
         return actions
 
     def _frame(self, frame: Int16Array) -> list[Action]:
-        if self.state is State.RESPONDING and not self.barge_in:
-            self.dropped["responding"] += frame.size
+        if self.muted or (self.state is State.RESPONDING and not self.barge_in):
+            self.dropped["muted" if self.muted else "responding"] += frame.size
+            self._endpointer.skip()  # keep stream time (audio_ms) counting the dropped audio
             return []
         self.processed_samples += frame.size
         cleaned = self._frontend.process(frame)

@@ -27,7 +27,7 @@ from voice_agent.errors import AudioFormatError
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.3) -> Int16Array:
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     return float_to_int16(amplitude * np.sin(2 * np.pi * freq * t))
 
 

@@ -148,6 +148,13 @@ class Endpointer:
             return [self._finish(now_ms, "max_length")]
         return []
 
+    def skip(self) -> None:
+        """A frame that was not listened to (input dropped while replying): stream time goes
+        on, and the pre-roll does not reach back across the gap."""
+        self._frame_index += 1
+        self._pre_roll.clear()
+        self._start_window.clear()
+
     def flush(self) -> list[EndpointEvent]:
         """End of input: close an open utterance."""
         if not self._in_speech:

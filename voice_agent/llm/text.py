@@ -36,20 +36,26 @@ class ReasoningFilter:
     def __init__(self, *, starts_in_reasoning: bool = False) -> None:
         self.in_reasoning = starts_in_reasoning
         self._held = ""
+        self._after_close = False
+        """Newlines right after ``</think>`` are dropped, also when they come in later pieces."""
 
     def feed(self, piece: str) -> Filtered:
         text = self._held + piece
         self._held = ""
         out = Filtered()
         while text:
+            if self._after_close:
+                text = text.lstrip("\n")
+                if not text:
+                    break
+                self._after_close = False
             tag = THINK_CLOSE if self.in_reasoning else THINK_OPEN
             index = text.find(tag)
             if index >= 0:
                 self._emit(out, text[:index])
                 text = text[index + len(tag) :]
                 self.in_reasoning = not self.in_reasoning
-                if not self.in_reasoning:
-                    text = text.lstrip("\n")
+                self._after_close = not self.in_reasoning
                 continue
             keep = _partial_tag_suffix(text, tag)
             self._emit(out, text[: len(text) - keep])
@@ -97,13 +103,15 @@ class SentenceChunker:
         self._max_chars = max_chunk_chars
 
     def feed(self, text: str) -> list[str]:
-        self._buffer += text
+        # The buffer always starts a chunk: its leading whitespace is never spoken, and
+        # dropping it keeps the length rule independent of how the text was split.
+        self._buffer = (self._buffer + text).lstrip()
         chunks: list[str] = []
         while True:
             cut = self._find_cut()
             if cut is None:
                 break
-            chunk, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            chunk, self._buffer = self._buffer[:cut], self._buffer[cut:].lstrip()
             self._add(chunks, chunk)
         return chunks
 
@@ -120,16 +128,28 @@ class SentenceChunker:
             self._emitted += 1
 
     def _find_cut(self) -> int | None:
+        """Where the buffer's first chunk ends, or None to wait for more text.
+
+        Each rule fires at the point of the text where streaming would first see it (a
+        sentence end once one whitespace follows it, the length rule once the buffer is
+        longer than the limit). The earliest wins, sentence over clause over length on a
+        tie: the chunks do not depend on how the text was split into pieces.
+        """
+        candidates: list[tuple[int, int]] = []  # (fires at, cut at)
         for match in _SENTENCE_END.finditer(self._buffer):
             words = self._buffer[: match.start() + 1].split()
             if words and words[-1].lower() in _ABBREVIATIONS:
                 continue
-            return match.end()
+            candidates.append((match.start() + len(match.group().rstrip()) + 1, match.end()))
+            break
         if self._emitted == 0:
             for match in _CLAUSE_END.finditer(self._buffer):
                 if len(self._buffer[: match.start()].split()) >= self._first_min_words:
-                    return match.end()
+                    candidates.append((match.start() + 2, match.end()))
+                    break
         if len(self._buffer) > self._max_chars:
             space = self._buffer.rfind(" ", 0, self._max_chars)
-            return space + 1 if space > 0 else self._max_chars
-        return None
+            candidates.append((self._max_chars + 1, space + 1 if space > 0 else self._max_chars))
+        if not candidates:
+            return None
+        return min(candidates, key=lambda candidate: candidate[0])[1]

@@ -173,9 +173,17 @@ _CHECKS: dict[str, Any] = {
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-    "dict[str, float]": lambda v: isinstance(v, dict),
-    "dict[str, int]": lambda v: isinstance(v, dict),
+    "dict[str, float]": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
+        for k, x in v.items()),
+    "dict[str, int]": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool)
+        for k, x in v.items()),
 }
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def encode(message: Any) -> str:
@@ -186,7 +194,7 @@ def encode(message: Any) -> str:
 
 def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}", code="bad_json") from None
     if not isinstance(data, dict):

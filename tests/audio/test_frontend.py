@@ -1,0 +1,46 @@
+"""Audio frontends: passthrough and WebRTC noise suppression on 10 ms frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voice_agent.audio.frontend import (
+    FRAME_SAMPLES,
+    PassthroughFrontend,
+    WebRtcFrontend,
+    make_frontend,
+)
+from voice_agent.audio.pcm import rms_dbfs
+
+
+def test_make_frontend_picks_passthrough_only_when_everything_is_off() -> None:
+    assert isinstance(make_frontend(0, 0), PassthroughFrontend)
+    assert isinstance(make_frontend(2, 0), WebRtcFrontend)
+    assert isinstance(make_frontend(0, 3), WebRtcFrontend)
+
+
+def test_passthrough_returns_the_frame() -> None:
+    frame = np.arange(FRAME_SAMPLES, dtype=np.int16)
+    frontend = PassthroughFrontend()
+    assert frontend.process(frame) is frame
+    assert frontend.feed_reference(frame) is None
+
+
+def test_webrtc_frontend_rejects_other_frame_sizes() -> None:
+    with pytest.raises(ValueError, match=str(FRAME_SAMPLES)):
+        WebRtcFrontend().process(np.zeros(FRAME_SAMPLES * 2, dtype=np.int16))
+
+
+def test_webrtc_noise_suppression_lowers_steady_noise() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1000, FRAME_SAMPLES * 300).astype(np.int16)
+    frontend = WebRtcFrontend(noise_suppression=3)
+    out = np.concatenate([
+        frontend.process(noise[i : i + FRAME_SAMPLES])
+        for i in range(0, noise.size, FRAME_SAMPLES)
+    ])
+    assert out.dtype == np.int16 and out.size == noise.size
+    # Once the suppressor has adapted (last second), the noise is clearly quieter.
+    tail = slice(-FRAME_SAMPLES * 100, None)
+    assert rms_dbfs(out[tail]) < rms_dbfs(noise[tail]) - 6
