@@ -16,6 +16,7 @@ counted. Stages per turn (ms, from the server unless noted):
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import platform
@@ -131,8 +132,27 @@ def rss_mb() -> tuple[float, float]:
     return round(current, 1), round(peak, 1)
 
 
+async def _bench_clip(clip: Clip, url: str) -> dict[str, Any]:
+    samples, rate = read_audio(clip.path, rate=None)
+    result = await stream_samples(samples, rate, url, output_rate=16000, trailing_silence_s=1.5)
+    turn = result.turns[0] if result.turns else {}
+    return {
+        "clip": f"{clip.source}/{clip.path.name}",
+        "reference": clip.reference,
+        "transcript": result.transcript,
+        "reply_text": result.reply_text,
+        "reply_audio_s": result.reply_audio_seconds,
+        "status": turn.get("status", "none"),
+        "turns": len(result.turns),
+        "errors": [e["code"] for e in result.errors],
+        "voice_to_voice_ms": result.voice_to_voice_ms,
+        **turn.get("timings_ms", {}),
+    }
+
+
 async def run_bench(config: Config, *, json_path: str | None = None,
-                    limit: int | None = None) -> int:
+                    limit: int | None = None, concurrency: int = 1) -> int:
+    """Stream the clips ``concurrency`` at a time (1: one conversation at a time)."""
     clips = default_clips()[:limit] if limit else default_clips()
     if not clips:
         print("voice-agent: bench: no clips found", file=sys.stderr)
@@ -150,40 +170,27 @@ async def run_bench(config: Config, *, json_path: str | None = None,
             url = f"ws://127.0.0.1:{server.port}"
             warm, _ = read_audio(clips[0].path, rate=None)
             await stream_samples(warm, _, url, trailing_silence_s=1.0)
-            for index, clip in enumerate(clips, 1):
-                samples, rate = read_audio(clip.path, rate=None)
-                result = await stream_samples(samples, rate, url, output_rate=16000,
-                                              trailing_silence_s=1.5)
-                turn = result.turns[0] if result.turns else {}
-                row: dict[str, Any] = {
-                    "clip": f"{clip.source}/{clip.path.name}",
-                    "reference": clip.reference,
-                    "transcript": result.transcript,
-                    "reply_text": result.reply_text,
-                    "reply_audio_s": result.reply_audio_seconds,
-                    "status": turn.get("status", "none"),
-                    "turns": len(result.turns),
-                    "errors": [e["code"] for e in result.errors],
-                    "voice_to_voice_ms": result.voice_to_voice_ms,
-                    **turn.get("timings_ms", {}),
-                }
-                rows.append(row)
-                print(f"bench: [{index}/{len(clips)}] {row['clip']}: "
-                      f"v2v {row['voice_to_voice_ms']} ms, heard {result.transcript!r}",
-                      file=sys.stderr, flush=True)
+            for first in range(0, len(clips), concurrency):
+                group = clips[first : first + concurrency]
+                for row in await asyncio.gather(*(_bench_clip(c, url) for c in group)):
+                    rows.append(row)
+                    print(f"bench: [{len(rows)}/{len(clips)}] {row['clip']}: "
+                          f"v2v {row['voice_to_voice_ms']} ms, heard {row['transcript']!r}",
+                          file=sys.stderr, flush=True)
     finally:
         engines.close()
     summary = summarize(rows)
     current, peak = rss_mb()
     wer = pooled_word_error_rate((r["reference"], r["transcript"]) for r in rows)
     print(format_table(summary))
-    print(f"\nclips {len(rows)}, pooled WER {wer:.1%}, model load {load_s:.1f} s, "
-          f"RSS {current:.0f} MB (peak {peak:.0f} MB)")
+    print(f"\nclips {len(rows)} ({concurrency} at a time), pooled WER {wer:.1%}, "
+          f"model load {load_s:.1f} s, RSS {current:.0f} MB (peak {peak:.0f} MB)")
     if json_path:
         report = {
             "summary_ms": summary,
             "clips": rows,
             "pooled_wer": round(wer, 4),
+            "concurrency": concurrency,
             "model_load_s": round(load_s, 2),
             "rss_mb": current,
             "peak_rss_mb": peak,

@@ -166,7 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from voice_agent.bench import run_bench
 
     config = _config(args)
-    return asyncio.run(run_bench(config, json_path=args.json, limit=args.clips))
+    return asyncio.run(run_bench(config, json_path=args.json, limit=args.clips,
+                                 concurrency=args.concurrency))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "measure per-stage and voice-to-voice latency on real speech")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--clips", type=int, help="use at most this many clips")
+    p.add_argument("--concurrency", type=int, default=1, choices=range(1, 17),
+                   metavar="N", help="conversations at once (default 1)")
     p.set_defaults(func=cmd_bench)
 
     p = command("doctor", "check models, checksums, GPU and sound devices")
