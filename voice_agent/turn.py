@@ -84,11 +84,16 @@ class TurnRunner:
                 status = "empty"
         except asyncio.CancelledError:
             status = "cancelled"
-        except VoiceAgentError as exc:
+        except Exception as exc:
+            # A bug must not cost the user the turn's terminal event either.
+            error = exc if isinstance(exc, VoiceAgentError) else VoiceAgentError(repr(exc))
             status = "error"
-            log.warning("turn %d failed: %s (%s)", turn_id, exc.code, exc)
-            await out.event(ErrorEvent(code=exc.code, message=str(exc),
-                                       transient=exc.transient, turn_id=turn_id))
+            if isinstance(exc, VoiceAgentError):
+                log.warning("turn %d failed: %s (%s)", turn_id, error.code, exc)
+            else:
+                log.exception("turn %d failed unexpectedly", turn_id)
+            await out.event(ErrorEvent(code=error.code, message=str(error),
+                                       transient=error.transient, turn_id=turn_id))
         if progress.transcript and status in ("ok", "cancelled"):
             self.conversation.add(progress.transcript, " ".join(progress.spoken))
         progress.mark("total_ms")

@@ -1,0 +1,150 @@
+"""One turn on the real ASR and TTS, with the LLM swapped for fault injection where needed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import harvard_clips, make_config
+from voice_agent.audio.pcm import read_audio
+from voice_agent.engines import Engines
+from voice_agent.errors import EngineError
+from voice_agent.llm.base import ChatMessage
+from voice_agent.server.protocol import ErrorEvent, ReplyText, ServerEvent, TranscriptEvent
+from voice_agent.turn import TurnRunner
+
+pytestmark = pytest.mark.slow
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[ServerEvent] = []
+        self.pcm = bytearray()
+
+    async def event(self, event: ServerEvent) -> None:
+        self.events.append(event)
+
+    async def audio(self, pcm: bytes) -> None:
+        self.pcm += pcm
+
+
+class ScriptedLlm:
+    """Streams fixed pieces; then hangs, raises, or ends (fault injection only)."""
+
+    name = "scripted"
+
+    def __init__(self, pieces: list[str], *, then: str = "end", delay_s: float = 0.0,
+                 opens_reasoning: bool = False) -> None:
+        self.pieces, self.then, self.delay_s = pieces, then, delay_s
+        self.opens_reasoning = opens_reasoning
+        self.stopped = threading.Event()
+
+    def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
+        for piece in self.pieces:
+            time.sleep(self.delay_s)
+            if cancel.is_set():
+                self.stopped.set()
+                return
+            yield piece
+        if self.then == "raise":
+            raise EngineError("injected failure", code="llm_failed")
+        if self.then == "bug":
+            raise RuntimeError("an engine bug, not an EngineError")
+        if self.then == "hang":
+            cancel.wait(30)
+            self.stopped.set()
+
+
+def runner_with(engines: Engines, llm: ScriptedLlm, **llm_config: float) -> TurnRunner:
+    config = make_config(llm=llm_config)
+    return TurnRunner(replace(engines, llm=llm), config, output_rate=16000)
+
+
+@pytest.fixture(scope="module")
+def utterance() -> tuple[str, object]:
+    clip = harvard_clips()[0]
+    return clip.reference, read_audio(clip.path)[0]
+
+
+async def test_reasoning_is_never_spoken_or_sent(engines: Engines, utterance: tuple) -> None:
+    llm = ScriptedLlm(["Let me th", "ink about dogs.</th", "ink>\n\nDogs are ", "loyal friends."],
+                      opens_reasoning=True)
+    out = Recorder()
+    done = await runner_with(engines, llm).run(1, utterance[1], 450, out)
+    assert done.status == "ok"
+    assert done.reply_text == "Dogs are loyal friends."
+    deltas = "".join(e.delta for e in out.events if isinstance(e, ReplyText))
+    assert "think" not in deltas.lower() and "<" not in deltas
+    assert done.audio_samples == len(out.pcm) // 2 > 16000 // 2
+    back = engines.asr.transcribe(np.frombuffer(bytes(out.pcm), "<i2"))
+    assert "think" not in back.text.lower()
+
+
+async def test_llm_that_hangs_is_reported_within_its_budget(
+    engines: Engines, utterance: tuple
+) -> None:
+    llm = ScriptedLlm([], then="hang")
+    out = Recorder()
+    started = time.perf_counter()
+    done = await runner_with(engines, llm, first_token_timeout_s=1.0).run(1, utterance[1], 450, out)
+    assert time.perf_counter() - started < 1.0 + 2.0  # + ASR time
+    assert done.status == "error"
+    errors = [e for e in out.events if isinstance(e, ErrorEvent)]
+    assert [(e.code, e.transient, e.turn_id) for e in errors] == [("engine_timeout", True, 1)]
+    assert llm.stopped.wait(2), "the hung engine was not told to stop"
+
+
+async def test_llm_that_stalls_mid_reply_is_reported(engines: Engines, utterance: tuple) -> None:
+    llm = ScriptedLlm(["Sure. ", "I can"], then="hang")
+    out = Recorder()
+    done = await runner_with(engines, llm, token_timeout_s=0.5).run(1, utterance[1], 450, out)
+    assert done.status == "error"
+    assert [e.code for e in out.events if isinstance(e, ErrorEvent)] == ["engine_timeout"]
+
+
+async def test_llm_that_raises_mid_stream_is_a_coded_error(
+    engines: Engines, utterance: tuple
+) -> None:
+    out = Recorder()
+    done = await runner_with(engines, ScriptedLlm(["Hello. "], then="raise")).run(
+        1, utterance[1], 450, out)
+    assert done.status == "error"
+    assert [e.code for e in out.events if isinstance(e, ErrorEvent)] == ["llm_failed"]
+    assert any(isinstance(e, TranscriptEvent) and e.text for e in out.events)
+
+
+async def test_unexpected_exception_still_ends_the_turn(
+    engines: Engines, utterance: tuple
+) -> None:
+    out = Recorder()
+    done = await runner_with(engines, ScriptedLlm([], then="bug")).run(1, utterance[1], 450, out)
+    assert done.status == "error"
+    assert [(e.code, e.transient) for e in out.events if isinstance(e, ErrorEvent)] == [
+        ("internal", False)]
+
+
+async def test_cancelled_reply_keeps_only_spoken_sentences_in_history(
+    engines: Engines, utterance: tuple
+) -> None:
+    pieces = ["First sentence here. ", "Second one follows. ", "Third never comes. "]
+    llm = ScriptedLlm(pieces, delay_s=0.4)
+    runner = runner_with(engines, llm)
+    out = Recorder()
+    task = asyncio.create_task(runner.run(1, utterance[1], 450, out))
+    while not out.pcm:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    task.cancel()
+    done = await task
+    assert done.status == "cancelled"
+    assert llm.stopped.wait(3), "the engine kept generating after the cancel"
+    history = runner.conversation.messages("next")
+    assert history[-2].role == "assistant"
+    assert "Third" not in history[-2].content
+    assert history[-3].content == done.transcript
