@@ -19,6 +19,8 @@ FIXTURES = REPO / "fixtures"
 def make_config(**overrides: dict[str, object]) -> Config:
     """Defaults, with a loopback server on a free port."""
     sections = {"server": {"host": "127.0.0.1", "port": 0}, **overrides}
+    sections.setdefault("llm", {})
+    sections["llm"] = {"seed": 1234, **sections["llm"]}  # repeatable replies
     return load_config(env={}, overrides=sections)
 
 

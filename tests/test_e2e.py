@@ -30,6 +30,14 @@ def heard_back(engines: Engines, result: ClientResult) -> str:
     return engines.asr.transcribe(audio).text
 
 
+def word_recall(said: str, heard: str) -> float:
+    """Share of the reply's words (of 3+ letters) that were heard back. Numbers and times
+    are left out: "9:00am" is spoken and transcribed in too many valid ways."""
+    words = [w for w in normalize(said) if w.isalpha() and len(w) >= 3]
+    heard_words = set(normalize(heard))
+    return sum(w in heard_words for w in words) / max(1, len(words))
+
+
 def assert_complete_turn(result: ClientResult) -> dict[str, object]:
     assert result.errors == []
     assert len(result.turns) == 1, result.turns
@@ -55,7 +63,7 @@ async def test_real_speech_round_trip(server_url: str, engines: Engines) -> None
         assert len(normalize(result.reply_text)) >= 2
         # The reply audio is real speech saying the reply text.
         back = heard_back(engines, result)
-        assert word_error_rate(result.reply_text, back) < 0.5, (result.reply_text, back)
+        assert word_recall(result.reply_text, back) >= 0.6, (result.reply_text, back)
     assert pooled_word_error_rate(pairs) < 0.15
 
 

@@ -110,6 +110,8 @@ class LlmConfig:
     """Sampling temperature."""
     top_p: float = 0.95
     """Nucleus sampling."""
+    seed: int = -1
+    """Sampling seed; -1 draws a new one per process. Tests fix it to be repeatable."""
     history_turns: int = 6
     """User/assistant exchanges kept per session (older ones are dropped)."""
     n_ctx: int = 2048

@@ -28,6 +28,7 @@ class LlamaCppEngine:
                 model_path=model_path,
                 n_ctx=config.n_ctx,
                 n_threads=config.n_threads or None,
+                seed=config.seed if config.seed >= 0 else 0xFFFFFFFF,
                 verbose=False,
             )
         except Exception as exc:
