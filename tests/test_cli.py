@@ -124,6 +124,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     done = run_cli("bench", "--clips", "2", "--json", str(out))
     assert done.returncode == 0, done.stderr
     assert "voice-to-voice (client)" in done.stdout and "p95 ms" in done.stdout
+    assert "answered by: llama_cpp:smollm2-135m-instruct-q4_1 2" in done.stdout
+    assert "TTFT" in done.stderr and "TTFW" in done.stderr
     assert "[2/2]" in done.stderr  # progress is shown
     report = json.loads(out.read_text())
     assert report["summary_ms"]["voice_to_voice_ms"]["n"] == 2

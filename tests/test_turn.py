@@ -3,67 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tests.conftest import harvard_clips, make_config
+from tests.fakes import Recorder, ScriptedLlm
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
-from voice_agent.errors import EngineError
-from voice_agent.llm.base import ChatMessage
-from voice_agent.server.protocol import ErrorEvent, ReplyText, ServerEvent, TranscriptEvent
+from voice_agent.llm.chain import LlmChain
+from voice_agent.server.protocol import ErrorEvent, ReplyText, TranscriptEvent
 from voice_agent.turn import TurnRunner
 
 pytestmark = pytest.mark.slow
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[ServerEvent] = []
-        self.pcm = bytearray()
-
-    async def event(self, event: ServerEvent) -> None:
-        self.events.append(event)
-
-    async def audio(self, pcm: bytes) -> None:
-        self.pcm += pcm
-
-
-class ScriptedLlm:
-    """Streams fixed pieces; then hangs, raises, or ends (fault injection only)."""
-
-    name = "scripted"
-
-    def __init__(self, pieces: list[str], *, then: str = "end", delay_s: float = 0.0,
-                 opens_reasoning: bool = False) -> None:
-        self.pieces, self.then, self.delay_s = pieces, then, delay_s
-        self.opens_reasoning = opens_reasoning
-        self.stopped = threading.Event()
-
-    def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
-        for piece in self.pieces:
-            time.sleep(self.delay_s)
-            if cancel.is_set():
-                self.stopped.set()
-                return
-            yield piece
-        if self.then == "raise":
-            raise EngineError("injected failure", code="llm_failed")
-        if self.then == "bug":
-            raise RuntimeError("an engine bug, not an EngineError")
-        if self.then == "hang":
-            cancel.wait(30)
-            self.stopped.set()
-
-
 def runner_with(engines: Engines, llm: ScriptedLlm, **llm_config: float) -> TurnRunner:
     config = make_config(llm=llm_config)
-    return TurnRunner(replace(engines, llm=llm), config, output_rate=16000)
+    chain = LlmChain([llm], config.llm)
+    return TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +79,30 @@ async def test_llm_that_raises_mid_stream_is_a_coded_error(
     assert any(isinstance(e, TranscriptEvent) and e.text for e in out.events)
 
 
+class BrokenAsr:
+    def transcribe(self, audio: object) -> object:
+        raise RuntimeError("a bug, not an engine error")
+
+
 async def test_unexpected_exception_still_ends_the_turn(
     engines: Engines, utterance: tuple
 ) -> None:
+    runner = TurnRunner(replace(engines, asr=BrokenAsr()), make_config(), output_rate=16000)
     out = Recorder()
-    done = await runner_with(engines, ScriptedLlm([], then="bug")).run(1, utterance[1], 450, out)
+    done = await runner.run(1, utterance[1], 450, out)
     assert done.status == "error"
     assert [(e.code, e.transient) for e in out.events if isinstance(e, ErrorEvent)] == [
         ("internal", False)]
+
+
+async def test_engine_bug_is_an_engine_failure(engines: Engines, utterance: tuple) -> None:
+    out = Recorder()
+    done = await runner_with(engines, ScriptedLlm([], then="bug")).run(1, utterance[1], 450, out)
+    assert done.status == "error"
+    assert done.fallbacks == {"scripted": "engine_failed"}
+    assert [(e.code, e.transient) for e in out.events if isinstance(e, ErrorEvent)] == [
+        ("engine_failed", True)]
+    assert done.audio_samples > 0  # the apology is spoken: never silence
 
 
 async def test_cancelled_reply_keeps_only_spoken_sentences_in_history(

@@ -7,16 +7,18 @@ counted. Stages per turn (ms, from the server unless noted):
 
 - endpoint wait: last speech frame → end-of-turn decision (the configured silence)
 - ASR: end of turn → transcript
-- LLM first token: request → first token
+- LLM first token (TTFT): request → first token of any kind (reasoning included)
 - first sentence: end of turn → first complete sentence ready for TTS
 - TTS first chunk: synthesis time of the first audio chunk
-- first audio: end of turn → first reply audio sent
+- first spoken word (TTFW): end of turn → first reply audio sent; for a reasoning model
+  this is what the person waits for, TTFT is not
 - voice-to-voice (client): last speech sample sent → first reply audio received
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import json
 import platform
@@ -44,7 +46,7 @@ STAGES = [
     ("LLM first token", "llm_first_token_ms"),
     ("first sentence", "first_sentence_ms"),
     ("TTS first chunk", "tts_first_chunk_ms"),
-    ("first audio (server)", "first_audio_ms"),
+    ("first spoken word (server)", "first_audio_ms"),
     ("voice-to-voice (client)", "voice_to_voice_ms"),
 ]
 
@@ -146,6 +148,8 @@ async def _bench_clip(clip: Clip, url: str) -> dict[str, Any]:
         "turns": len(result.turns),
         "errors": [e["code"] for e in result.errors],
         "voice_to_voice_ms": result.voice_to_voice_ms,
+        "engine": turn.get("engine", ""),
+        "fallbacks": turn.get("fallbacks", {}),
         **turn.get("timings_ms", {}),
     }
 
@@ -175,6 +179,9 @@ async def run_bench(config: Config, *, json_path: str | None = None,
                 for row in await asyncio.gather(*(_bench_clip(c, url) for c in group)):
                     rows.append(row)
                     print(f"bench: [{len(rows)}/{len(clips)}] {row['clip']}: "
+                          f"engine {row['engine'] or '-'}, "
+                          f"TTFT {row.get('llm_first_token_ms', '-')} ms, "
+                          f"TTFW {row.get('first_audio_ms', '-')} ms, "
                           f"v2v {row['voice_to_voice_ms']} ms, heard {row['transcript']!r}",
                           file=sys.stderr, flush=True)
     finally:
@@ -183,6 +190,8 @@ async def run_bench(config: Config, *, json_path: str | None = None,
     current, peak = rss_mb()
     wer = pooled_word_error_rate((r["reference"], r["transcript"]) for r in rows)
     print(format_table(summary))
+    engines = collections.Counter(r["engine"] or "none" for r in rows)
+    print("answered by: " + ", ".join(f"{name} {count}" for name, count in engines.items()))
     print(f"\nclips {len(rows)} ({concurrency} at a time), pooled WER {wer:.1%}, "
           f"model load {load_s:.1f} s, RSS {current:.0f} MB (peak {peak:.0f} MB)")
     if json_path:

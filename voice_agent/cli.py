@@ -32,6 +32,7 @@ def _progress(message: str) -> None:
 def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {
         "server": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+        "llm": {"engines": getattr(args, "llm", None)},
     }
     return load_config(args.config, overrides=overrides)
 
@@ -211,9 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
         return p
 
+    def llm_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--llm", action="append", metavar="SPEC",
+                       help="LLM engine, repeat in fallback order: llama_cpp:default, "
+                            "llama_cpp:FILE.gguf, transformers:default, "
+                            "openai:http://HOST:PORT/v1#MODEL")
+
     p = command("serve", "run the WebSocket endpoint")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks one)")
+    llm_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = command("client", "stream an audio file to an appliance and save its reply")
@@ -237,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_say)
 
     p = command("mic", "talk to it through the sound device (same as --mic)")
+    llm_option(p)
     p.set_defaults(func=cmd_mic)
 
     p = command("bench", "measure per-stage and voice-to-voice latency on real speech")
@@ -244,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, help="use at most this many clips")
     p.add_argument("--concurrency", type=int, default=1, choices=range(1, 17),
                    metavar="N", help="conversations at once (default 1)")
+    llm_option(p)
     p.set_defaults(func=cmd_bench)
 
     p = command("doctor", "check models, checksums, GPU and sound devices")

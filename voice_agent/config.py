@@ -97,8 +97,12 @@ class AsrConfig:
 
 @dataclass
 class LlmConfig:
-    model: str = "default"
-    """``default`` (embedded SmolLM2-135M GGUF), a manifest model name, or a GGUF path."""
+    engines: list[str] = field(default_factory=lambda: ["llama_cpp:default"])
+    """The fallback chain, primary first. Each is ``KIND:WHAT``: ``llama_cpp:default`` (the
+    embedded SmolLM2-135M GGUF), ``llama_cpp:NAME`` (a manifest entry) or ``llama_cpp:PATH``
+    (a GGUF file); ``transformers:default|NAME|PATH`` (torch; a model directory or GGUF);
+    ``openai:http://HOST:PORT/v1#MODEL`` (an OpenAI-compatible server). In the environment:
+    comma-separated."""
     system_prompt: str = (
         "You are a helpful voice assistant. Answer in one or two short spoken sentences. "
         "No lists, no markdown, no emoji."
@@ -122,8 +126,48 @@ class LlmConfig:
     """No first token within this fails the turn (``engine_timeout``)."""
     token_timeout_s: float = 5.0
     """A stall longer than this between tokens fails the turn."""
+    breaker_window: int = 20
+    """Turns per engine over which the error rate is computed."""
+    breaker_error_rate: float = 0.05
+    """An engine whose error rate over the window passes this stops getting turns."""
+    breaker_min_turns: int = 10
+    """The error rate is judged only once the window holds this many turns..."""
+    breaker_consecutive_failures: int = 3
+    """...but this many failures in a row open the breaker at once."""
+    probe_interval_s: float = 15.0
+    """How often an engine whose breaker is open is probed with a tiny request; one success
+    brings it back as primary."""
+    reasoning_ack_s: float = 2.0
+    """Thinking this long without speakable text makes the appliance say ``reasoning_ack_text``
+    once, so the person knows it heard them. 0 disables."""
+    reasoning_ack_text: str = "Let me think about that."
+    """The acknowledgement spoken while a reasoning model thinks."""
+    reasoning_budget_s: float = 8.0
+    """Reasoning longer than this without an answer fails the engine for this turn (the next
+    engine in the chain answers, or the turn ends with the apology)."""
+    reasoning_budget_tokens: int = 512
+    """The same budget in reasoning tokens (pieces)."""
+    apology_text: str = "Sorry, I lost my train of thought. Could you ask me again?"
+    """Spoken when an engine fails after part of its answer was already spoken: the answer is
+    not restarted (the person would hear its start twice)."""
 
     def validate(self) -> None:
+        _check(bool(self.engines), "llm.engines needs at least one engine")
+        for spec in self.engines:
+            kind, sep, what = spec.partition(":")
+            _check(bool(sep) and bool(what) and kind in ("llama_cpp", "transformers", "openai"),
+                   f"llm.engines: {spec!r} is not KIND:WHAT with KIND llama_cpp, "
+                   "transformers or openai")
+        _check(1 <= self.breaker_window <= 1000, "llm.breaker_window must be 1..1000")
+        _check(0.0 <= self.breaker_error_rate < 1.0, "llm.breaker_error_rate must be in [0, 1)")
+        _check(1 <= self.breaker_min_turns <= self.breaker_window,
+               "llm.breaker_min_turns must be 1..breaker_window")
+        _check(self.breaker_consecutive_failures >= 1,
+               "llm.breaker_consecutive_failures must be >= 1")
+        _check(self.probe_interval_s > 0, "llm.probe_interval_s must be > 0")
+        _check(self.reasoning_ack_s >= 0, "llm.reasoning_ack_s must be >= 0")
+        _check(self.reasoning_budget_s > 0, "llm.reasoning_budget_s must be > 0")
+        _check(self.reasoning_budget_tokens >= 1, "llm.reasoning_budget_tokens must be >= 1")
         _check(1 <= self.max_tokens <= 4096, "llm.max_tokens must be 1..4096")
         _check(0.0 <= self.temperature <= 2.0, "llm.temperature must be 0..2")
         _check(0.0 < self.top_p <= 1.0, "llm.top_p must be in (0, 1]")
@@ -220,6 +264,12 @@ def _check(condition: bool, message: str) -> None:
 def _coerce(value: Any, target: Any, where: str) -> Any:
     # Field types are strings here (``from __future__ import annotations``).
     target = {"int": int, "float": float, "str": str, "bool": bool}.get(target, target)
+    if target == "list[str]":
+        if isinstance(value, str):  # environment variables: comma-separated
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
     if target is bool:
         if isinstance(value, bool):
             return value

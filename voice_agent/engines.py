@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
 from voice_agent.config import Config
+from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
-from voice_agent.llm.llama_cpp import LlamaCppEngine
+from voice_agent.llm.chain import LlmChain
 from voice_agent.models import Manifest
 from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Engines:
     asr: Transcriber
-    llm: LlmEngine
+    llm: LlmChain
     tts: TtsEngine
     # One thread per stage: a stage's engine serializes its calls anyway, and separate
     # pools let LLM decoding and TTS of the previous sentence overlap.
@@ -50,9 +51,28 @@ def load_asr(config: Config, manifest: Manifest) -> WhisperAsr:
     return WhisperAsr(name, config.asr)
 
 
-def load_llm(config: Config, manifest: Manifest) -> LlamaCppEngine:
-    model = manifest.resolve("llm", config.llm.model)
-    return LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
+def load_llm_engine(spec: str, config: Config, manifest: Manifest) -> LlmEngine:
+    """One engine from a ``KIND:WHAT`` spec (see ``LlmConfig.engines``)."""
+    kind, _, what = spec.partition(":")
+    if kind == "openai":
+        from voice_agent.llm.openai_http import OpenAiHttpEngine
+
+        return OpenAiHttpEngine.from_spec(what, config.llm)
+    model = manifest.resolve("llm", what)
+    if kind == "llama_cpp":
+        from voice_agent.llm.llama_cpp import LlamaCppEngine
+
+        return LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
+    if kind == "transformers":
+        from voice_agent.llm.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model.path, config.llm, name=f"transformers:{model.name}")
+    raise ConfigError(f"unknown LLM engine kind in {spec!r}")
+
+
+def load_llm(config: Config, manifest: Manifest) -> LlmChain:
+    engines = [load_llm_engine(spec, config, manifest) for spec in config.llm.engines]
+    return LlmChain(engines, config.llm)
 
 
 def load_tts(config: Config, manifest: Manifest) -> PiperTts:

@@ -151,6 +151,7 @@ async def run_mic(engines: Engines, config: Config) -> None:
             callback=on_input,
         )
         print("voice-agent: listening on the microphone (Ctrl-C stops)", file=sys.stderr)
+        probes = asyncio.create_task(engines.llm.probe_forever(engines.llm_executor))
         with stream:
             try:
                 while True:
@@ -158,4 +159,5 @@ async def run_mic(engines: Engines, config: Config) -> None:
                     session.muted = player.busy
                     await driver.execute(session.audio(data))
             finally:
+                probes.cancel()
                 await driver.stop()

@@ -23,11 +23,13 @@ from voice_agent.aio import call_in_thread, iterate_in_thread
 from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
 from voice_agent.engines import Engines
-from voice_agent.errors import VoiceAgentError
+from voice_agent.errors import EngineError, VoiceAgentError
+from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker
 from voice_agent.server.protocol import (
     ErrorEvent,
+    ReasoningText,
     ReplyText,
     ServerEvent,
     TranscriptEvent,
@@ -57,6 +59,13 @@ class _Progress:
     reply: list[str] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     audio_samples: int = 0
+    engine: str = ""
+    """The engine whose answer was spoken."""
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    """Engines that failed this turn, with their error codes."""
+    answer_started: bool = False
+    """Answer text (not an acknowledgement) was shown or spoken: no engine may restart it."""
+    error: VoiceAgentError | None = None
 
     def mark(self, name: str) -> None:
         self.timings.setdefault(name, round((time.perf_counter() - self.started) * 1000, 1))
@@ -65,10 +74,13 @@ class _Progress:
 class TurnRunner:
     """Runs turns for one session against the shared engines."""
 
-    def __init__(self, engines: Engines, config: Config, output_rate: int) -> None:
+    def __init__(
+        self, engines: Engines, config: Config, output_rate: int, *, send_reasoning: bool = False
+    ) -> None:
         self._engines = engines
         self._config = config
         self._output_rate = output_rate
+        self._send_reasoning = send_reasoning
         self.conversation = Conversation(config.llm.system_prompt, config.llm.history_turns)
 
     async def run(
@@ -82,6 +94,8 @@ class TurnRunner:
             await self._run(turn_id, audio, progress, out)
             if not progress.transcript:
                 status = "empty"
+            elif progress.error is not None:
+                status = "error"
         except asyncio.CancelledError:
             status = "cancelled"
         except Exception as exc:
@@ -94,7 +108,7 @@ class TurnRunner:
                 log.exception("turn %d failed unexpectedly", turn_id)
             await out.event(ErrorEvent(code=error.code, message=str(error),
                                        transient=error.transient, turn_id=turn_id))
-        if progress.transcript and status in ("ok", "cancelled"):
+        if progress.transcript and progress.answer_started:
             self.conversation.add(progress.transcript, " ".join(progress.spoken))
         progress.mark("total_ms")
         return TurnDone(
@@ -102,9 +116,10 @@ class TurnRunner:
             status=status,
             transcript=progress.transcript,
             reply_text="".join(progress.reply).strip(),
-            engine=self._engines.llm.name,
+            engine=progress.engine,
             audio_samples=progress.audio_samples,
             timings_ms=progress.timings,
+            fallbacks=progress.fallbacks,
         )
 
     async def _run(
@@ -145,27 +160,114 @@ class TurnRunner:
         progress: _Progress,
         out: TurnOutput,
     ) -> None:
-        llm, config = self._engines.llm, self._config.llm
+        """Answer with the first engine of the chain that can; see ``llm.chain``."""
+        chain = self._engines.llm
         messages = self.conversation.messages(text)
-        reasoning = ReasoningFilter(starts_in_reasoning=llm.opens_reasoning)
         chunker = SentenceChunker()
         llm_started = time.perf_counter()
+        for engine in chain.candidates():
+            try:
+                await self._answer_with(engine, messages, turn_id, chunker, sentences,
+                                        progress, out, llm_started)
+            except Exception as exc:
+                error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
+                chain.record(engine, success=False)
+                progress.fallbacks[engine.name] = error.code
+                log.warning("turn %d: %s failed (%s: %s)", turn_id, engine.name, error.code, exc)
+                if progress.answer_started:
+                    # Part of this answer was already shown and spoken: another engine would
+                    # start it again. End it with an apology instead.
+                    progress.engine, progress.error = engine.name, error
+                    await self._apologize(turn_id, error, chunker, sentences, progress, out)
+                    return
+                progress.error = error
+                continue
+            chain.record(engine, success=True)
+            progress.engine, progress.error = engine.name, None
+            for sentence in chunker.finish():
+                await self._queue_sentence(sentence, sentences, progress)
+            return
+        assert progress.error is not None  # noqa: S101 - the loop ran and every engine failed
+        await self._apologize(turn_id, progress.error, chunker, sentences, progress, out)
+
+    async def _answer_with(
+        self,
+        engine: LlmEngine,
+        messages: list[ChatMessage],
+        turn_id: int,
+        chunker: SentenceChunker,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+        llm_started: float,
+    ) -> None:
+        config = self._config.llm
+        reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
+        started = time.perf_counter()
+        reasoning_pieces = 0
+        acknowledged = False
         tokens = iterate_in_thread(
-            lambda stop: llm.stream(messages, stop), self._engines.llm_executor,
+            functools.partial(engine.stream, messages), self._engines.llm_executor,
             first_timeout_s=config.first_token_timeout_s,
-            next_timeout_s=config.token_timeout_s, what=llm.name,
+            next_timeout_s=config.token_timeout_s, what=engine.name,
         )
         async with aclosing(tokens):
             async for piece in tokens:
-                if "llm_first_token_ms" not in progress.timings:
-                    progress.timings["llm_first_token_ms"] = round(
-                        (time.perf_counter() - llm_started) * 1000, 1)
-                await self._speakable(turn_id, reasoning.feed(piece).speech, chunker,
-                                      sentences, progress, out)
+                progress.timings.setdefault(
+                    "llm_first_token_ms", round((time.perf_counter() - llm_started) * 1000, 1))
+                filtered = reasoning.feed(piece)
+                if filtered.reasoning:
+                    reasoning_pieces += 1
+                    if self._send_reasoning:
+                        await out.event(ReasoningText(turn_id=turn_id, delta=filtered.reasoning))
+                if not filtered.speech and not progress.answer_started:
+                    thinking_s = time.perf_counter() - started
+                    if (not acknowledged and reasoning_pieces and config.reasoning_ack_s
+                            and thinking_s >= config.reasoning_ack_s):
+                        acknowledged = True
+                        await self._say(turn_id, config.reasoning_ack_text, sentences, progress,
+                                        out)
+                    if (thinking_s > config.reasoning_budget_s
+                            or reasoning_pieces > config.reasoning_budget_tokens):
+                        raise EngineError(
+                            f"{engine.name} reasoned {thinking_s:.1f} s ({reasoning_pieces} "
+                            "pieces) without an answer", code="reasoning_budget")
+                await self._speakable(turn_id, filtered.speech, chunker, sentences, progress,
+                                      out)
         await self._speakable(turn_id, reasoning.finish().speech, chunker, sentences,
                               progress, out)
+        if not progress.answer_started:
+            raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
+
+    async def _say(
+        self,
+        turn_id: int,
+        text: str,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        """Speak a fixed sentence (acknowledgement, apology) as part of the reply."""
+        delta = f" {text}" if progress.reply else text
+        progress.reply.append(delta)
+        await out.event(ReplyText(turn_id=turn_id, delta=delta))
+        await self._queue_sentence(text, sentences, progress)
+
+    async def _apologize(
+        self,
+        turn_id: int,
+        error: VoiceAgentError,
+        chunker: SentenceChunker,
+        sentences: asyncio.Queue[str | None],
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> None:
+        await out.event(ErrorEvent(code=error.code, message=str(error),
+                                   transient=error.transient, turn_id=turn_id))
+        # What was shown is also spoken, so text and audio tell the same story.
         for sentence in chunker.finish():
             await self._queue_sentence(sentence, sentences, progress)
+        await self._say(turn_id, self._config.llm.apology_text, sentences, progress, out)
 
     async def _speakable(
         self,
@@ -176,12 +278,13 @@ class TurnRunner:
         progress: _Progress,
         out: TurnOutput,
     ) -> None:
+        if not progress.answer_started:
+            text = text.lstrip()
         if not text:
             return
-        if not progress.reply:
-            text = text.lstrip()
-            if not text:
-                return
+        if progress.reply and not progress.answer_started:
+            text = " " + text  # after an acknowledgement
+        progress.answer_started = True
         progress.reply.append(text)
         await out.event(ReplyText(turn_id=turn_id, delta=text))
         for sentence in chunker.feed(text):

@@ -19,6 +19,7 @@ from voice_agent.server.protocol import (
     Ping,
     Pong,
     Ready,
+    ReasoningText,
     ReplyText,
     SessionEnd,
     SpeechStarted,
@@ -33,7 +34,8 @@ from voice_agent.server.protocol import (
 
 # One sample per message type, every field set away from its default where it has one.
 SAMPLES: dict[type[Any], list[Any]] = {
-    Start: [Start(sample_rate=48000, output_sample_rate=22050), Start(sample_rate=16000)],
+    Start: [Start(sample_rate=48000, output_sample_rate=22050, reasoning=True),
+            Start(sample_rate=16000)],
     Cancel: [Cancel()],
     End: [End()],
     Ping: [Ping(id="p-1"), Ping()],
@@ -44,10 +46,12 @@ SAMPLES: dict[type[Any], list[Any]] = {
                                   reason="silence", seq=3)],
     TranscriptEvent: [TranscriptEvent(turn_id=3, text="héllo “world”", asr_ms=12.5, seq=4)],
     ReplyText: [ReplyText(turn_id=3, delta="Hi there. ", seq=5)],
+    ReasoningText: [ReasoningText(turn_id=3, delta="The user greets me.", seq=5)],
     TurnDone: [
         TurnDone(turn_id=3, status="ok", transcript="hello", reply_text="Hi there.",
                  engine="llama.cpp", audio_samples=24000,
-                 timings_ms={"asr": 12.5, "first_audio_ms": 300.0}, seq=6),
+                 timings_ms={"asr": 12.5, "first_audio_ms": 300.0},
+                 fallbacks={"openai:http://gpu:8000/v1#r1": "llm_unreachable"}, seq=6),
         TurnDone(turn_id=4, status="cancelled", transcript="", reply_text="", engine="",
                  audio_samples=0),
     ],

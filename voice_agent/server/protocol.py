@@ -29,6 +29,9 @@ class Start:
     """Rate of the client's 16-bit mono PCM, 8000-48000 Hz."""
     output_sample_rate: int | None = None
     """Rate of the reply PCM; defaults to ``sample_rate``."""
+    reasoning: bool = False
+    """Also send the model's reasoning (``<think>`` text) as ``reasoning`` events. It is never
+    spoken nor part of ``reply_text``."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,15 @@ class ReplyText:
 
 
 @dataclass(frozen=True)
+class ReasoningText:
+    type: ClassVar[str] = "reasoning"
+    turn_id: int
+    delta: str
+    """Reasoning text, only for clients that asked for it in ``start``."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
 class TurnDone:
     type: ClassVar[str] = "turn_done"
     turn_id: int
@@ -119,6 +131,8 @@ class TurnDone:
     audio_samples: int
     """Reply samples sent as binary frames for this turn (at ``output_sample_rate``)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    """Engines that failed during this turn, with their error codes."""
     seq: int = 0
 
 
@@ -154,6 +168,7 @@ ServerEvent = (
     | SpeechStopped
     | TranscriptEvent
     | ReplyText
+    | ReasoningText
     | TurnDone
     | ErrorEvent
     | Pong
@@ -163,8 +178,8 @@ ServerEvent = (
 CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping)}
 SERVER_TYPES: dict[str, type[Any]] = {
     c.type: c
-    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, ReplyText, TurnDone,
-              ErrorEvent, Pong, SessionEnd)
+    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, ReplyText, ReasoningText,
+              TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
 _CHECKS: dict[str, Any] = {
@@ -176,6 +191,8 @@ _CHECKS: dict[str, Any] = {
     "dict[str, float]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
         for k, x in v.items()),
+    "dict[str, str]": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
     "dict[str, int]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool)
         for k, x in v.items()),

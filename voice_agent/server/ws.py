@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import uuid
 from http import HTTPStatus
@@ -131,7 +132,7 @@ class Connection:
             vad=make_vad(config.vad),
             input_rate=start.sample_rate,
         )
-        runner = TurnRunner(self.engines, config, output_rate)
+        runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(session, runner, self, self._close)
         await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
                                output_sample_rate=output_rate))
@@ -176,6 +177,7 @@ class VoiceServer:
         self.engines = engines
         self.config = config
         self._server: Server | None = None
+        self._probes: asyncio.Task[None] | None = None
         self._active = 0
 
     @property
@@ -196,9 +198,14 @@ class VoiceServer:
             close_timeout=cfg.close_timeout_s,
             process_request=self._http,
         )
+        self._probes = asyncio.create_task(
+            self.engines.llm.probe_forever(self.engines.llm_executor))
         return self
 
     async def stop(self) -> None:
+        if self._probes is not None:
+            self._probes.cancel()
+            await asyncio.gather(self._probes, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -212,6 +219,10 @@ class VoiceServer:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path in ("/healthz", "/readyz"):
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if request.path == "/status":
+            # Which LLM engines are in service (circuit breaker states), for operators.
+            body = json.dumps({"sessions": self._active, "llm": self.engines.llm.status()})
+            return connection.respond(HTTPStatus.OK, body + "\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

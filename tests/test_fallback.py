@@ -1,0 +1,123 @@
+"""Faults injected around the real engines: the fallback (real llama.cpp on the embedded
+model) answers each turn within the configured timeouts, no words are spoken twice, and the
+breaker opens and later closes again."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import harvard_clips, make_config
+from tests.fakes import Recorder, ScriptedLlm
+from voice_agent.audio.pcm import Int16Array, read_audio
+from voice_agent.engines import Engines
+from voice_agent.llm.chain import LlmChain
+from voice_agent.server.protocol import ReplyText, TurnDone
+from voice_agent.turn import TurnRunner
+from voice_agent.wer import normalize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def utterance() -> Int16Array:
+    return read_audio(harvard_clips()[0].path)[0]
+
+
+def runner(engines: Engines, primary: ScriptedLlm, **llm: object) -> TurnRunner:
+    config = make_config(llm={"first_token_timeout_s": 1.0, "token_timeout_s": 0.5, **llm})
+    chain = LlmChain([primary, engines.llm.primary], config.llm)
+    return TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
+
+
+async def answer(run: TurnRunner, audio: Int16Array) -> tuple[TurnDone, Recorder, float]:
+    out = Recorder()
+    started = time.perf_counter()
+    done = await run.run(1, audio, 450, out)
+    return done, out, time.perf_counter() - started
+
+
+def assert_no_words_twice(done: TurnDone, out: Recorder) -> None:
+    shown = "".join(e.delta for e in out.events if isinstance(e, ReplyText))
+    assert shown.strip() == done.reply_text
+    words = normalize(done.reply_text)
+    half = len(words) // 2
+    # A restarted answer would repeat its opening words.
+    assert len(words) < 6 or words[:3] != words[half:half + 3]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ScriptedLlm([], then="raise", name="raises-first"),
+        ScriptedLlm([], then="hang", name="hangs"),
+        ScriptedLlm(["<think>Let me see", " what they", " mean"], then="hang",
+                    opens_reasoning=False, name="stalls-in-reasoning"),
+    ],
+    ids=lambda f: f.name,
+)
+async def test_fallback_answers_when_the_primary_fails_before_speaking(
+    engines: Engines, utterance: Int16Array, fault: ScriptedLlm
+) -> None:
+    done, out, seconds = await answer(runner(engines, fault), utterance)
+    assert done.status == "ok"
+    assert done.engine == engines.llm.primary.name
+    assert list(done.fallbacks) == [fault.name]
+    assert done.reply_text and "see" not in normalize(done.reply_text)[:2]
+    assert done.audio_samples > 8000
+    assert seconds < 1.0 + 6.0  # the 1 s first-token timeout, plus ASR, LLM and TTS
+    assert_no_words_twice(done, out)
+
+
+async def test_failure_after_speaking_ends_with_an_apology_not_a_restart(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    fault = ScriptedLlm(["Canned pears ", "are sweet", " and"], then="raise", name="dies")
+    done, out, _ = await answer(runner(engines, fault), utterance)
+    assert done.status == "error" and done.engine == "dies"
+    assert done.reply_text.startswith("Canned pears are sweet and")
+    assert done.reply_text.endswith(make_config().llm.apology_text)
+    assert normalize(done.reply_text).count("pears") == 1
+    assert_no_words_twice(done, out)
+
+
+async def test_reasoning_budget_acknowledges_then_falls_back(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    thinker = ScriptedLlm(["hmm "] * 400, delay_s=0.01, opens_reasoning=True, name="thinker")
+    run = runner(engines, thinker, reasoning_ack_s=0.3, reasoning_budget_s=1.0)
+    done, out, seconds = await answer(run, utterance)
+    config = make_config().llm
+    assert done.status == "ok" and done.fallbacks == {"thinker": "reasoning_budget"}
+    assert done.reply_text.startswith(config.reasoning_ack_text)
+    assert "hmm" not in normalize(done.reply_text)
+    assert done.timings_ms["first_audio_ms"] < done.timings_ms["first_sentence_ms"] + 2000
+    assert seconds < 8
+
+
+async def test_breaker_opens_then_the_probe_brings_the_primary_back(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    primary = ScriptedLlm(["The primary answers. "], name="primary")
+    primary.healthy = False
+    run = runner(engines, primary, breaker_consecutive_failures=2, probe_interval_s=0.2)
+    chain = run._engines.llm
+    for _ in range(2):
+        done, _, _ = await answer(run, utterance)
+        assert done.engine == engines.llm.primary.name and done.status == "ok"
+    assert chain.status()[0]["state"] == "open"
+    calls = primary.calls
+    done, _, _ = await answer(run, utterance)
+    assert primary.calls == calls, "an open breaker must keep turns away from the primary"
+    assert done.fallbacks == {}
+
+    primary.healthy = True
+    time.sleep(0.25)
+    await chain.probe_due_engines(engines.llm_executor)
+    assert chain.status()[0]["state"] == "closed"
+    done, _, _ = await answer(run, utterance)
+    assert done.engine == "primary" and done.reply_text == "The primary answers."
+    assert np.isfinite(done.timings_ms["llm_first_token_ms"])

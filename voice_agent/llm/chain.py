@@ -1,0 +1,191 @@
+"""The LLM fallback chain: engines in order, each behind a circuit breaker.
+
+A turn goes to the first engine whose breaker lets it through; when that engine fails (an
+exception, a connection error, no first token in time, a stall, a reasoning budget blown),
+the turn moves to the next one. A breaker opens when its engine's error rate over the last
+``breaker_window`` turns passes ``breaker_error_rate`` (5% by default) or after
+``breaker_consecutive_failures`` failures in a row; an open engine gets no turns. A probe
+(a tiny real request) retries it every ``probe_interval_s`` and one success closes the
+breaker, so the chain goes back to its primary when it recovers.
+
+:class:`CircuitBreaker` is pure: it is told the time, so it is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from voice_agent.aio import iterate_in_thread
+from voice_agent.config import LlmConfig
+from voice_agent.llm.base import ChatMessage, LlmEngine
+
+log = logging.getLogger(__name__)
+
+PROBE_MESSAGES = (ChatMessage("user", "Say OK."),)
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        *,
+        window: int = 20,
+        error_rate: float = 0.05,
+        min_turns: int = 10,
+        consecutive_failures: int = 3,
+    ) -> None:
+        self._results: deque[bool] = deque(maxlen=window)
+        self._error_rate = error_rate
+        self._min_turns = min_turns
+        self._consecutive_limit = consecutive_failures
+        self.consecutive_failures = 0
+        self.state = BreakerState.CLOSED
+        self.opened_at: float | None = None
+        self.last_probe_at: float | None = None
+
+    @classmethod
+    def from_config(cls, config: LlmConfig) -> CircuitBreaker:
+        return cls(
+            window=config.breaker_window,
+            error_rate=config.breaker_error_rate,
+            min_turns=config.breaker_min_turns,
+            consecutive_failures=config.breaker_consecutive_failures,
+        )
+
+    @property
+    def error_rate(self) -> float:
+        return self._results.count(False) / len(self._results) if self._results else 0.0
+
+    @property
+    def allows(self) -> bool:
+        return self.state is BreakerState.CLOSED
+
+    def record(self, success: bool, now: float) -> None:
+        """One turn's outcome for this engine."""
+        self._results.append(success)
+        self.consecutive_failures = 0 if success else self.consecutive_failures + 1
+        if success or self.state is BreakerState.OPEN:
+            return
+        judged = len(self._results) >= self._min_turns and self.error_rate > self._error_rate
+        if judged or self.consecutive_failures >= self._consecutive_limit:
+            self.state = BreakerState.OPEN
+            self.opened_at = now
+
+    def probe_due(self, now: float, interval_s: float) -> bool:
+        if self.state is not BreakerState.OPEN:
+            return False
+        last = self.last_probe_at if self.last_probe_at is not None else self.opened_at
+        return last is None or now - last >= interval_s
+
+    def probed(self, success: bool, now: float) -> None:
+        """A probe's outcome: success closes the breaker with a clean history."""
+        self.last_probe_at = now
+        if success:
+            self.state = BreakerState.CLOSED
+            self.opened_at = None
+            self.consecutive_failures = 0
+            self._results.clear()
+
+
+@dataclass
+class ChainLink:
+    engine: LlmEngine
+    breaker: CircuitBreaker
+
+
+class LlmChain:
+    """The engines of ``llm.engines`` in fallback order, shared by all sessions."""
+
+    def __init__(
+        self,
+        engines: Sequence[LlmEngine],
+        config: LlmConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not engines:
+            raise ValueError("an LLM chain needs at least one engine")
+        self.links = [ChainLink(e, CircuitBreaker.from_config(config)) for e in engines]
+        self._config = config
+        self._clock = clock
+
+    @property
+    def primary(self) -> LlmEngine:
+        return self.links[0].engine
+
+    def candidates(self) -> list[LlmEngine]:
+        """Engines to try for a turn, in order. When every breaker is open the whole chain is
+        tried anyway: a slim chance of an answer beats a certain silence."""
+        allowed = [link.engine for link in self.links if link.breaker.allows]
+        return allowed or [link.engine for link in self.links]
+
+    def record(self, engine: LlmEngine, success: bool) -> None:
+        for link in self.links:
+            if link.engine is engine:
+                was_open = not link.breaker.allows
+                link.breaker.record(success, self._clock())
+                if not was_open and not link.breaker.allows:
+                    log.warning("circuit opened for %s (error rate %.0f%%, %d in a row)",
+                                engine.name, 100 * link.breaker.error_rate,
+                                link.breaker.consecutive_failures)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "engine": link.engine.name,
+                "state": link.breaker.state.value,
+                "error_rate": round(link.breaker.error_rate, 3),
+                "consecutive_failures": link.breaker.consecutive_failures,
+            }
+            for link in self.links
+        ]
+
+    async def probe_due_engines(self, executor: Executor | None) -> None:
+        """Probe every open engine whose probe is due (one tiny streamed request each)."""
+        for link in self.links:
+            if not link.breaker.probe_due(self._clock(), self._config.probe_interval_s):
+                continue
+            success = await self._probe(link.engine, executor)
+            link.breaker.probed(success, self._clock())
+            log.info("probe of %s %s", link.engine.name, "succeeded: back in the chain"
+                     if success else "failed: circuit stays open")
+
+    async def probe_forever(self, executor: Executor | None) -> None:
+        interval = min(1.0, self._config.probe_interval_s)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.probe_due_engines(executor)
+            except Exception:  # a probe must never take the service down
+                log.exception("LLM probe failed unexpectedly")
+
+    async def _probe(self, engine: LlmEngine, executor: Executor | None) -> bool:
+        def run(stop: threading.Event) -> Any:
+            return engine.stream(PROBE_MESSAGES, stop)
+
+        pieces = iterate_in_thread(
+            run, executor, first_timeout_s=self._config.first_token_timeout_s,
+            next_timeout_s=self._config.token_timeout_s, what=f"probe of {engine.name}",
+        )
+        try:
+            async for _ in pieces:
+                return True  # one token proves the engine answers
+            return False  # an empty answer to "Say OK." is not a healthy engine
+        except Exception as exc:
+            log.debug("probe of %s: %r", engine.name, exc)
+            return False
+        finally:
+            await pieces.aclose()
