@@ -89,7 +89,7 @@ async def test_reasoning_budget_acknowledges_then_falls_back(
 ) -> None:
     thinker = ScriptedLlm(["hmm "] * 400, delay_s=0.01, opens_reasoning=True, name="thinker")
     run = runner(engines, thinker, reasoning_ack_s=0.3, reasoning_budget_s=1.0)
-    done, out, seconds = await answer(run, utterance)
+    done, _, seconds = await answer(run, utterance)
     config = make_config().llm
     assert done.status == "ok" and done.fallbacks == {"thinker": "reasoning_budget"}
     assert done.reply_text.startswith(config.reasoning_ack_text)

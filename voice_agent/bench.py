@@ -190,8 +190,8 @@ async def run_bench(config: Config, *, json_path: str | None = None,
     current, peak = rss_mb()
     wer = pooled_word_error_rate((r["reference"], r["transcript"]) for r in rows)
     print(format_table(summary))
-    engines = collections.Counter(r["engine"] or "none" for r in rows)
-    print("answered by: " + ", ".join(f"{name} {count}" for name, count in engines.items()))
+    answered = collections.Counter(r["engine"] or "none" for r in rows)
+    print("answered by: " + ", ".join(f"{name} {count}" for name, count in answered.items()))
     print(f"\nclips {len(rows)} ({concurrency} at a time), pooled WER {wer:.1%}, "
           f"model load {load_s:.1f} s, RSS {current:.0f} MB (peak {peak:.0f} MB)")
     if json_path:

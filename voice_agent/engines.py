@@ -62,7 +62,9 @@ def load_llm_engine(spec: str, config: Config, manifest: Manifest) -> LlmEngine:
     if kind == "llama_cpp":
         from voice_agent.llm.llama_cpp import LlamaCppEngine
 
-        return LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
+        engine = LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
+        engine.prefill(config.llm.system_prompt)
+        return engine
     if kind == "transformers":
         from voice_agent.llm.transformers_engine import TransformersEngine
 

@@ -14,6 +14,7 @@ from voice_agent.server.protocol import (
     PROTOCOL_VERSION,
     SERVER_TYPES,
     Cancel,
+    EmotionEvent,
     End,
     ErrorEvent,
     Ping,
@@ -46,6 +47,8 @@ SAMPLES: dict[type[Any], list[Any]] = {
                                   reason="silence", seq=3)],
     TranscriptEvent: [TranscriptEvent(turn_id=3, text="héllo “world”", asr_ms=12.5, seq=4)],
     ReplyText: [ReplyText(turn_id=3, delta="Hi there. ", seq=5)],
+    EmotionEvent: [EmotionEvent(turn_id=3, label="anxious", valence=-0.4, arousal=0.7,
+                                confidence=0.6, seq=5)],
     ReasoningText: [ReasoningText(turn_id=3, delta="The user greets me.", seq=5)],
     TurnDone: [
         TurnDone(turn_id=3, status="ok", transcript="hello", reply_text="Hi there.",

@@ -102,6 +102,21 @@ class TranscriptEvent:
 
 
 @dataclass(frozen=True)
+class EmotionEvent:
+    type: ClassVar[str] = "emotion"
+    turn_id: int
+    label: str
+    """How the person sounds: see ``voice_agent.emotion`` for the labels."""
+    valence: float
+    """-1 (negative) .. 1 (positive)."""
+    arousal: float
+    """0 (calm) .. 1 (agitated)."""
+    confidence: float
+    """0 .. 1: low when the cues disagree or the utterance is short."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
 class ReplyText:
     type: ClassVar[str] = "reply_text"
     turn_id: int
@@ -167,6 +182,7 @@ ServerEvent = (
     | SpeechStarted
     | SpeechStopped
     | TranscriptEvent
+    | EmotionEvent
     | ReplyText
     | ReasoningText
     | TurnDone
@@ -178,8 +194,8 @@ ServerEvent = (
 CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping)}
 SERVER_TYPES: dict[str, type[Any]] = {
     c.type: c
-    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, ReplyText, ReasoningText,
-              TurnDone, ErrorEvent, Pong, SessionEnd)
+    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, EmotionEvent, ReplyText,
+              ReasoningText, TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
 _CHECKS: dict[str, Any] = {

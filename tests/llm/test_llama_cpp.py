@@ -1,0 +1,42 @@
+"""The llama.cpp engine on the embedded GGUF."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from voice_agent.config import LlmConfig
+from voice_agent.llm.base import ChatMessage
+from voice_agent.llm.llama_cpp import LlamaCppEngine
+from voice_agent.models import Manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine() -> LlamaCppEngine:
+    config = LlmConfig(seed=7, max_tokens=24)
+    return LlamaCppEngine(Manifest.load().resolve("llm", "default").path, config)
+
+
+def test_streams_an_answer_in_pieces(engine: LlamaCppEngine) -> None:
+    pieces = list(engine.stream([ChatMessage("user", "Name a colour.")], threading.Event()))
+    assert len(pieces) > 1 and any(c.isalpha() for c in "".join(pieces))
+    assert engine.opens_reasoning is False  # SmolLM2's template does not open <think>
+
+
+def test_cancel_stops_the_stream(engine: LlamaCppEngine) -> None:
+    cancel = threading.Event()
+    stream = engine.stream([ChatMessage("user", "Count from one to fifty.")], cancel)
+    next(stream)
+    cancel.set()
+    assert len(list(stream)) <= 1
+
+
+def test_prefill_leaves_the_system_prompt_in_the_kv_cache(engine: LlamaCppEngine) -> None:
+    system = "You are the voice of a hospital kiosk. Speak calmly."
+    engine.prefill(system)
+    cached = list(engine._llama._input_ids[: engine._llama.n_tokens])
+    prompt = engine._llama.tokenize(f"<|im_start|>system\n{system}".encode(), special=True)
+    assert cached[: len(prompt)] == list(prompt)

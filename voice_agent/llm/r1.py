@@ -1,0 +1,144 @@
+"""DeepSeek-R1 specifics of prompt formatting and sampling, against the model's own template.
+
+What the real template does (the one in DeepSeek-R1-Distill-Qwen-7B's GGUF, tested in
+``tests/llm/test_r1.py``):
+
+- The system prompt is *kept*, but as bare text right after the BOS token, with no role
+  marker and no separator: ``<｜begin▁of▁sentence｜>{system}<｜User｜>{user}<｜Assistant｜>``.
+- The generation prompt is ``<｜Assistant｜>`` alone; this revision does not open ``<think>``
+  (later revisions of the template append ``<think>\\n``). Whether an engine starts inside
+  reasoning is therefore read from the rendered generation prompt
+  (:func:`generation_opens_reasoning`), not assumed.
+- Past assistant turns keep only what follows their last ``</think>``: reasoning from history
+  is never fed back.
+
+DeepSeek's usage guidance for R1 is to avoid a system prompt and put every instruction in the
+user turn, and to sample at temperature 0.6, top-p 0.95 (greedy or cold sampling makes it
+repeat itself). So for R1 the system prompt is always folded into the first user turn
+(:func:`should_fold_system`), even though the template would keep it: the distilled models
+were tuned without system prompts, and the template gives it no role, so as bare text before
+the first turn it is weaker than the same words inside the user turn. Folding is also what
+any template that drops the system prompt needs (:func:`template_keeps_system`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from voice_agent.llm.base import ChatMessage
+
+if TYPE_CHECKING:
+    from voice_agent.config import LlmConfig
+
+R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95}
+"""DeepSeek's recommended sampling for R1 models (temperature 0.5-0.7, 0.6 preferred)."""
+
+USER_MARKER = "<｜User｜>"
+ASSISTANT_MARKER = "<｜Assistant｜>"
+SYSTEM_FOLD_SEPARATOR = "\n\n"
+"""Folded instructions are joined to the user's text by one blank line: ``SYSTEM\\n\\nUSER``."""
+
+_R1_NAME = re.compile(r"deepseek[\W_]*r1", re.IGNORECASE)
+_SYSTEM_PROBE = "SYSTEM-PROBE-7f3a9c"
+_USER_PROBE = "USER-PROBE-2b81d4"
+
+
+def is_deepseek_r1(chat_template: str, model_name: str = "") -> bool:
+    """True for a DeepSeek-R1 model (the R1 releases and their Qwen/Llama distills).
+
+    Detected by the template's role markers together with its ``<think>`` handling, or by a
+    name such as ``DeepSeek-R1-Distill-Qwen-7B``.
+    """
+    template = chat_template or ""
+    by_template = ASSISTANT_MARKER in template and (
+        "<think>" in template or "</think>" in template
+    )
+    return by_template or bool(_R1_NAME.search(model_name or ""))
+
+
+def sampling_for(chat_template: str, model_name: str, config: LlmConfig) -> tuple[float, float]:
+    """``(temperature, top_p)`` for this model: R1's recommended values, else the config's."""
+    if is_deepseek_r1(chat_template, model_name):
+        return R1_SAMPLING["temperature"], R1_SAMPLING["top_p"]
+    return config.temperature, config.top_p
+
+
+def render_prompt(
+    chat_template: str,
+    messages: Sequence[ChatMessage],
+    bos_token: str,
+    eos_token: str,
+    *,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The exact prompt text llama-cpp-python builds from this template (sandboxed jinja2)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        template=chat_template,
+        eos_token=eos_token,
+        bos_token=bos_token,
+        add_generation_prompt=add_generation_prompt,
+    )
+    payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+    return str(formatter(messages=payload).prompt)
+
+
+def template_keeps_system(chat_template: str, bos_token: str = "", eos_token: str = "") -> bool:
+    """Whether the template renders a system message's text at all.
+
+    A template that raises on a system message (some do) counts as dropping it.
+    """
+    probe = [ChatMessage("system", _SYSTEM_PROBE), ChatMessage("user", _USER_PROBE)]
+    try:
+        prompt = render_prompt(chat_template, probe, bos_token, eos_token)
+    except Exception:
+        return False
+    return _SYSTEM_PROBE in prompt
+
+
+def generation_opens_reasoning(
+    chat_template: str, bos_token: str = "", eos_token: str = ""
+) -> bool:
+    """Whether the generation prompt already opens ``<think>`` (so the reply starts inside
+    reasoning and a :class:`~voice_agent.llm.text.ReasoningFilter` must start there too)."""
+    try:
+        probe = [ChatMessage("user", _USER_PROBE)]
+        prompt = render_prompt(chat_template, probe, bos_token, eos_token)
+    except Exception:
+        return False
+    return prompt.rstrip().endswith("<think>")
+
+
+def should_fold_system(chat_template: str, model_name: str = "", bos_token: str = "",
+                       eos_token: str = "") -> bool:
+    """Fold the system prompt into the first user turn: always for R1 (DeepSeek's guidance,
+    see the module docstring), and for any template that would drop it."""
+    if is_deepseek_r1(chat_template, model_name):
+        return True
+    return not template_keeps_system(chat_template, bos_token, eos_token)
+
+
+def adapt_messages(messages: Sequence[ChatMessage], keeps_system: bool) -> list[ChatMessage]:
+    """Messages as the template should see them.
+
+    With ``keeps_system`` they pass unchanged. Otherwise every system message is removed and
+    their text (joined by blank lines) goes in front of the first user turn as
+    ``SYSTEM + "\\n\\n" + USER``; with no user turn at all it becomes one. Later user turns are
+    left alone, so the instructions appear exactly once in the prompt.
+    """
+    if keeps_system:
+        return list(messages)
+    system = SYSTEM_FOLD_SEPARATOR.join(
+        m.content.strip() for m in messages if m.role == "system" and m.content.strip()
+    )
+    rest = [m for m in messages if m.role != "system"]
+    if not system:
+        return rest
+    for index, message in enumerate(rest):
+        if message.role == "user":
+            folded = ChatMessage("user", system + SYSTEM_FOLD_SEPARATOR + message.content)
+            return [*rest[:index], folded, *rest[index + 1 :]]
+    return [ChatMessage("user", system), *rest]
