@@ -36,9 +36,12 @@ class ScriptedLlm:
         """Set False to make every call fail at once (an engine that is down)."""
         self.opens_reasoning = opens_reasoning
         self.stopped = threading.Event()
+        self.prompts: list[list[ChatMessage]] = []
+        """The messages of every call, to check what the turn told the model."""
 
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         self.calls += 1
+        self.prompts.append(list(messages))
         if not self.healthy:
             raise EngineError(f"{self.name} is down", code="llm_unreachable")
         for piece in self.pieces:

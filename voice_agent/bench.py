@@ -43,6 +43,7 @@ MAX_CLIP_S = 15.0
 STAGES = [
     ("endpoint wait", "endpoint_wait_ms"),
     ("ASR", "asr_ms"),
+    ("emotion tag", "emotion_ms"),
     ("LLM first token", "llm_first_token_ms"),
     ("first sentence", "first_sentence_ms"),
     ("TTS first chunk", "tts_first_chunk_ms"),

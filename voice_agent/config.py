@@ -192,6 +192,22 @@ class TtsConfig:
 
 
 @dataclass
+class EmotionConfig:
+    enabled: bool = True
+    """Derive how the person sounds from each utterance (prosody, fillers, word sentiment;
+    about 10 ms per turn) and send it as an ``emotion`` event."""
+    tag_prompt: bool = True
+    """Put the tag, and a calmer-wording instruction for an upset speaker, in front of the
+    user's words in the LLM prompt (format in ``voice_agent.prompt``)."""
+    shape_speech: bool = True
+    """Speak the reply slower for an upset, sad or unsure speaker, a little faster for an
+    excited one (Piper ``length_scale`` times 0.85..1.2, on top of ``tts.length_scale``)."""
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     """Listen address. Loopback by default: nothing listens beyond it unless configured."""
@@ -245,6 +261,8 @@ class Config:
     """Language model."""
     tts: TtsConfig = field(default_factory=TtsConfig)
     """Speech synthesis."""
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    """How the person sounds, and what the reply does with it."""
     server: ServerConfig = field(default_factory=ServerConfig)
     """Network endpoint."""
     models: ModelsConfig = field(default_factory=ModelsConfig)

@@ -13,6 +13,7 @@ from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
 from voice_agent.llm.chain import LlmChain
 from voice_agent.models import Manifest
+from voice_agent.prompt import system_prompt
 from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
 
@@ -62,8 +63,8 @@ def load_llm_engine(spec: str, config: Config, manifest: Manifest) -> LlmEngine:
     if kind == "llama_cpp":
         from voice_agent.llm.llama_cpp import LlamaCppEngine
 
-        engine = LlamaCppEngine(model.path, config.llm, name=f"llama_cpp:{model.name}")
-        engine.prefill(config.llm.system_prompt)
+        engine = LlamaCppEngine.load(model.path, config.llm, name=f"llama_cpp:{model.name}")
+        engine.prefill(system_prompt(config))
         return engine
     if kind == "transformers":
         from voice_agent.llm.transformers_engine import TransformersEngine

@@ -20,14 +20,18 @@ from typing import Protocol
 import numpy as np
 
 from voice_agent.aio import call_in_thread, iterate_in_thread
+from voice_agent.asr import Transcript
 from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
+from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_style
 from voice_agent.engines import Engines
 from voice_agent.errors import EngineError, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker
+from voice_agent.prompt import system_prompt, user_turn
 from voice_agent.server.protocol import (
+    EmotionEvent,
     ErrorEvent,
     ReasoningText,
     ReplyText,
@@ -56,6 +60,10 @@ class _Progress:
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     transcript: str = ""
+    prompt: str = ""
+    """The user turn as sent to the model (transcript with the emotion tag in front)."""
+    rate_factor: float = 1.0
+    """Speaking-rate factor of this reply, from the emotion tag."""
     reply: list[str] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     audio_samples: int = 0
@@ -81,7 +89,9 @@ class TurnRunner:
         self._config = config
         self._output_rate = output_rate
         self._send_reasoning = send_reasoning
-        self.conversation = Conversation(config.llm.system_prompt, config.llm.history_turns)
+        self.conversation = Conversation(system_prompt(config), config.llm.history_turns)
+        self.emotion = EmotionTracker()
+        """This speaker's baseline (loudness, pitch, rate), learned over the session."""
 
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput
@@ -109,7 +119,7 @@ class TurnRunner:
             await out.event(ErrorEvent(code=error.code, message=str(error),
                                        transient=error.transient, turn_id=turn_id))
         if progress.transcript and progress.answer_started:
-            self.conversation.add(progress.transcript, " ".join(progress.spoken))
+            self.conversation.add(progress.prompt, " ".join(progress.spoken))
         progress.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
@@ -141,16 +151,53 @@ class TurnRunner:
         if not any(ch.isalnum() for ch in transcript.text):
             progress.transcript = ""
             return
+        progress.prompt = await self._hear_emotion(turn_id, audio, transcript, progress, out)
         sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE)
         speaker = asyncio.create_task(self._speak(sentences, progress, out))
         try:
-            await self._think(turn_id, transcript.text, sentences, progress, out)
+            await self._think(turn_id, progress.prompt, sentences, progress, out)
             await sentences.put(None)
             await speaker
         finally:
             if not speaker.done():
                 speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _hear_emotion(
+        self,
+        turn_id: int,
+        audio: Int16Array,
+        transcript: Transcript,
+        progress: _Progress,
+        out: TurnOutput,
+    ) -> str:
+        """Tag how the person sounds, tell the client, and return the user turn for the LLM.
+
+        A failure here costs the turn its tag, never its answer."""
+        config = self._config.emotion
+        if not config.enabled:
+            return transcript.text
+        started = time.perf_counter()
+        try:
+            # Pure numpy, about 10 ms for 5 s of speech: off the loop, no model to wait on.
+            tag: EmotionTag = await asyncio.to_thread(
+                analyze, audio, transcript.text, language=transcript.language,
+                words=transcript.words, tracker=self.emotion)
+        except Exception:
+            log.exception("turn %d: emotion analysis failed", turn_id)
+            return transcript.text
+        progress.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        style = reply_style(tag)
+        if config.shape_speech:
+            progress.rate_factor = style.length_scale
+        await out.event(EmotionEvent(
+            turn_id=turn_id, label=tag.label, valence=round(tag.valence, 2),
+            arousal=round(tag.arousal, 2), confidence=round(tag.confidence, 2),
+            fillers=tag.fillers, sentiment=round(tag.sentiment, 3),
+            cues=tag.as_dict()["prosody"], length_scale=round(progress.rate_factor, 3)))
+        if not config.tag_prompt:
+            return transcript.text
+        return user_turn(transcript.text, tag, style)
 
     async def _think(
         self,
@@ -309,7 +356,7 @@ class TurnRunner:
         while (sentence := await sentences.get()) is not None:
             synth_started = time.perf_counter()
             chunks = iterate_in_thread(
-                functools.partial(self._synthesize, sentence),
+                functools.partial(self._synthesize, sentence, progress.rate_factor),
                 self._engines.tts_executor, first_timeout_s=config.timeout_s,
                 next_timeout_s=config.timeout_s, what="speech synthesis",
             )
@@ -322,8 +369,10 @@ class TurnRunner:
             progress.spoken.append(sentence)
         await self._send_audio(resampler.flush(), frame, progress, out)
 
-    def _synthesize(self, text: str, stop: threading.Event) -> Iterator[Int16Array]:
-        return self._engines.tts.synthesize(text, stop)
+    def _synthesize(
+        self, text: str, rate_factor: float, stop: threading.Event
+    ) -> Iterator[Int16Array]:
+        return self._engines.tts.synthesize(text, stop, rate_factor=rate_factor)
 
     @staticmethod
     async def _send_audio(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def engine() -> LlamaCppEngine:
     config = LlmConfig(seed=7, max_tokens=24)
-    return LlamaCppEngine(Manifest.load().resolve("llm", "default").path, config)
+    return LlamaCppEngine.load(Manifest.load().resolve("llm", "default").path, config)
 
 
 def test_streams_an_answer_in_pieces(engine: LlamaCppEngine) -> None:
@@ -40,3 +41,20 @@ def test_prefill_leaves_the_system_prompt_in_the_kv_cache(engine: LlamaCppEngine
     cached = list(engine._llama._input_ids[: engine._llama.n_tokens])
     prompt = engine._llama.tokenize(f"<|im_start|>system\n{system}".encode(), special=True)
     assert cached[: len(prompt)] == list(prompt)
+
+
+def test_smollm2_keeps_its_system_prompt_and_configured_sampling(engine: LlamaCppEngine) -> None:
+    assert engine.policy.is_r1 is False and engine.policy.fold_system is False
+    assert (engine.policy.temperature, engine.policy.top_p) == (0.3, 0.95)
+
+
+def test_an_r1_gguf_gets_r1_prompting(r1_llama: Any) -> None:
+    """On the real R1 header (vocab-only): R1 sampling, system folded into the user turn,
+    and the stream does not start inside <think> since this template does not open it."""
+    engine = LlamaCppEngine(r1_llama, LlmConfig(temperature=0.3, top_p=0.8), name="llama_cpp:r1")
+    policy = engine.policy
+    assert policy.is_r1 and policy.fold_system
+    assert (policy.temperature, policy.top_p) == (0.6, 0.95)
+    assert engine.opens_reasoning is False
+    folded = policy.messages([ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")])
+    assert folded == [ChatMessage("user", "Be brief.\n\nHi")]

@@ -48,7 +48,11 @@ SAMPLES: dict[type[Any], list[Any]] = {
     TranscriptEvent: [TranscriptEvent(turn_id=3, text="héllo “world”", asr_ms=12.5, seq=4)],
     ReplyText: [ReplyText(turn_id=3, delta="Hi there. ", seq=5)],
     EmotionEvent: [EmotionEvent(turn_id=3, label="anxious", valence=-0.4, arousal=0.7,
-                                confidence=0.6, seq=5)],
+                                confidence=0.6, seq=5),
+                   EmotionEvent(turn_id=4, label="sad", valence=-0.5, arousal=0.3,
+                                confidence=0.4, fillers=2, sentiment=-0.55,
+                                cues={"pitch_hz": 181.5, "speaking_rate_wps": 2.4},
+                                length_scale=1.07)],
     ReasoningText: [ReasoningText(turn_id=3, delta="The user greets me.", seq=5)],
     TurnDone: [
         TurnDone(turn_id=3, status="ok", transcript="hello", reply_text="Hi there.",

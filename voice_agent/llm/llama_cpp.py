@@ -6,6 +6,10 @@ with the same system prompt, and a session's next turn extends its previous prom
 unchanged prefix is not processed again. Measured here with a 740-token system prompt on
 SmolLM2-135M: first turn 3.9 s to the first token, following turns 75 ms. :meth:`prefill`
 pays that first cost at start-up instead of in the first person's turn.
+
+Prompting follows the model: a DeepSeek-R1 GGUF gets R1's sampling and its system prompt
+folded into the user turn, and the reasoning filter starts inside ``<think>`` only when
+the template opens it (:class:`~voice_agent.llm.r1.PromptPolicy`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from voice_agent.config import LlmConfig
 from voice_agent.errors import EngineError, ModelError
 from voice_agent.llm.base import ChatMessage
+from voice_agent.llm.r1 import PromptPolicy
 
 
 class LlamaCppEngine:
@@ -26,13 +31,27 @@ class LlamaCppEngine:
     a second session's turn waits for the first reply to finish streaming.
     """
 
-    def __init__(self, model_path: str, config: LlmConfig, *, name: str = "llama_cpp") -> None:
-        from llama_cpp import Llama
-
+    def __init__(self, llama: Any, config: LlmConfig, *, name: str = "llama_cpp") -> None:
+        """Wrap a loaded ``llama_cpp.Llama``; :meth:`load` opens a GGUF file."""
         self.name = name
         self._config = config
+        self._llama = llama
+        template = str(llama.metadata.get("tokenizer.chat_template", ""))
+        model_name = f"{llama.metadata.get('general.name', '')} {name}"
+        self.policy = PromptPolicy.for_template(
+            template, model_name, config,
+            bos_token=_special_text(llama, llama.token_bos()),
+            eos_token=_special_text(llama, llama.token_eos()))
+        self.opens_reasoning = self.policy.opens_reasoning
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_path: str, config: LlmConfig, *, name: str = "llama_cpp"
+             ) -> LlamaCppEngine:
+        from llama_cpp import Llama
+
         try:
-            self._llama = Llama(
+            llama = Llama(
                 model_path=model_path,
                 n_ctx=config.n_ctx,
                 n_threads=config.n_threads or None,
@@ -41,9 +60,7 @@ class LlamaCppEngine:
             )
         except Exception as exc:
             raise ModelError(f"cannot load GGUF model {model_path}: {exc}") from exc
-        template = str(self._llama.metadata.get("tokenizer.chat_template", ""))
-        self.opens_reasoning = "<think>\\n" in template or "<think>\n" in template
-        self._lock = threading.Lock()
+        return cls(llama, config, name=name)
 
     def prefill(self, system_prompt: str) -> None:
         """Evaluate the system prompt once so the first real turn reuses it from the cache."""
@@ -60,7 +77,8 @@ class LlamaCppEngine:
         *,
         max_tokens: int | None = None,
     ) -> Iterator[str]:
-        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        payload: list[Any] = [{"role": m.role, "content": m.content}
+                              for m in self.policy.messages(messages)]
         with self._lock:
             if cancel.is_set():
                 return
@@ -69,8 +87,8 @@ class LlamaCppEngine:
                     messages=payload,
                     stream=True,
                     max_tokens=max_tokens or self._config.max_tokens,
-                    temperature=self._config.temperature,
-                    top_p=self._config.top_p,
+                    temperature=self.policy.temperature,
+                    top_p=self.policy.top_p,
                 )
                 for chunk in chunks:
                     if cancel.is_set():
@@ -81,3 +99,9 @@ class LlamaCppEngine:
                         yield str(piece)
             except Exception as exc:
                 raise EngineError(f"{self.name} failed: {exc}", code="llm_failed") from exc
+
+
+def _special_text(llama: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    return bytes(llama.detokenize([token], special=True)).decode("utf-8", errors="replace")

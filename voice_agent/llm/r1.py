@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from voice_agent.llm.base import ChatMessage
@@ -142,3 +143,34 @@ def adapt_messages(messages: Sequence[ChatMessage], keeps_system: bool) -> list[
             folded = ChatMessage("user", system + SYSTEM_FOLD_SEPARATOR + message.content)
             return [*rest[:index], folded, *rest[index + 1 :]]
     return [ChatMessage("user", system), *rest]
+
+
+@dataclass(frozen=True)
+class PromptPolicy:
+    """How one loaded model is prompted and sampled, read once from its chat template."""
+
+    is_r1: bool
+    fold_system: bool
+    """Move the system prompt into the first user turn (:func:`should_fold_system`)."""
+    opens_reasoning: bool
+    """The generation prompt already opens ``<think>`` (:func:`generation_opens_reasoning`)."""
+    temperature: float
+    top_p: float
+
+    @classmethod
+    def for_template(cls, chat_template: str, model_name: str, config: LlmConfig, *,
+                     bos_token: str = "", eos_token: str = "") -> PromptPolicy:
+        """Without a template the runtime's built-in chat format is used; it keeps the
+        system prompt, so only an R1 (known by name) folds it."""
+        is_r1 = is_deepseek_r1(chat_template, model_name)
+        if chat_template:
+            fold = should_fold_system(chat_template, model_name, bos_token, eos_token)
+            opens = generation_opens_reasoning(chat_template, bos_token, eos_token)
+        else:
+            fold, opens = is_r1, False
+        temperature, top_p = sampling_for(chat_template, model_name, config)
+        return cls(is_r1=is_r1, fold_system=fold, opens_reasoning=opens,
+                   temperature=temperature, top_p=top_p)
+
+    def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        return adapt_messages(messages, keeps_system=not self.fold_system)

@@ -113,6 +113,15 @@ class EmotionEvent:
     """0 (calm) .. 1 (agitated)."""
     confidence: float
     """0 .. 1: low when the cues disagree or the utterance is short."""
+    fillers: int = 0
+    """Hesitation fillers heard (um, uh, er, hmm; 嗯, 啊 in Chinese)."""
+    sentiment: float = 0.0
+    """VADER compound score of the words, -1 .. 1."""
+    cues: dict[str, float] = field(default_factory=dict)
+    """Acoustic cues: ``pitch_hz``, ``pitch_range_semitones``, ``loudness_dbfs``,
+    ``speaking_rate_wps``, ``pause_ratio``, ``voiced_ratio``, ``speech_s``."""
+    length_scale: float = 1.0
+    """Speaking-rate factor the reply is spoken with because of this tag (>1 slower)."""
     seq: int = 0
 
 

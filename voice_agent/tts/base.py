@@ -13,6 +13,10 @@ class TtsEngine(Protocol):
     sample_rate: int
     """Rate of the PCM the engine yields."""
 
-    def synthesize(self, text: str, cancel: threading.Event) -> Iterator[Int16Array]:
-        """Yield mono int16 chunks for ``text``. Blocking: iterate in an executor thread."""
+    def synthesize(
+        self, text: str, cancel: threading.Event, *, rate_factor: float = 1.0
+    ) -> Iterator[Int16Array]:
+        """Yield mono int16 chunks for ``text``. Blocking: iterate in an executor thread.
+
+        ``rate_factor`` stretches the speech (>1 slower) on top of the configured rate."""
         ...

@@ -22,11 +22,15 @@ class PiperTts:
         except Exception as exc:
             raise ModelError(f"cannot load Piper voice {Path(model_path).name}: {exc}") from exc
         self.sample_rate = int(self._voice.config.sample_rate)
-        self._syn_config = SynthesisConfig(length_scale=config.length_scale)
+        self._length_scale = config.length_scale
+        self._synthesis_config = SynthesisConfig
 
-    def synthesize(self, text: str, cancel: threading.Event) -> Iterator[Int16Array]:
+    def synthesize(
+        self, text: str, cancel: threading.Event, *, rate_factor: float = 1.0
+    ) -> Iterator[Int16Array]:
+        options = self._synthesis_config(length_scale=self._length_scale * rate_factor)
         try:
-            for chunk in self._voice.synthesize(text, self._syn_config):
+            for chunk in self._voice.synthesize(text, options):
                 if cancel.is_set():
                     return
                 yield np.asarray(chunk.audio_int16_array, dtype=np.int16)

@@ -1,0 +1,141 @@
+"""The emotion tag inside a turn: event, prompt and speaking rate, on the real ASR and TTS."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import harvard_clips, make_config
+from tests.fakes import Recorder, ScriptedLlm
+from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
+from voice_agent.emotion import LABELS
+from voice_agent.engines import Engines
+from voice_agent.llm.chain import LlmChain
+from voice_agent.prompt import TAG_NOTE
+from voice_agent.server.protocol import EmotionEvent, ReplyText, TranscriptEvent
+from voice_agent.tts.base import TtsEngine
+from voice_agent.turn import TurnRunner
+
+pytestmark = pytest.mark.slow
+
+TAG_LINE = re.compile(
+    r"^\[speaker: label=[a-z]+ valence=-?\d\.\d\d arousal=\d\.\d\d confidence=\d\.\d\d\]$")
+REPLY = "I understand. Let me sort that out for you right away."
+
+
+def spoken(engines: Engines, text: str, gain: float) -> Int16Array:
+    """``text`` in the Piper voice at 16 kHz, scaled by ``gain`` (louder or quieter)."""
+    pcm = np.concatenate(list(engines.tts.synthesize(text, threading.Event())))
+    resampler = StreamResampler(engines.tts.sample_rate, 16000)
+    audio = np.concatenate([resampler.process(pcm), resampler.flush()]).astype(np.float64)
+    return np.clip(audio * gain, -32768, 32767).astype(np.int16)
+
+
+class RateRecordingTts:
+    """The real Piper voice, noting the speaking-rate factor of every sentence."""
+
+    def __init__(self, tts: TtsEngine) -> None:
+        self.tts, self.sample_rate = tts, tts.sample_rate
+        self.rates: list[float] = []
+
+    def synthesize(
+        self, text: str, cancel: threading.Event, *, rate_factor: float = 1.0
+    ) -> Iterator[Int16Array]:
+        self.rates.append(rate_factor)
+        return self.tts.synthesize(text, cancel, rate_factor=rate_factor)
+
+
+def scripted_runner(engines: Engines, llm: ScriptedLlm, **emotion: bool) -> TurnRunner:
+    config = make_config(emotion=dict(emotion))
+    tts = RateRecordingTts(engines.tts)
+    return TurnRunner(replace(engines, llm=LlmChain([llm], config.llm), tts=tts), config,
+                      output_rate=16000)
+
+
+async def test_real_turn_sends_the_tag_and_prompts_with_it(engines: Engines) -> None:
+    """Real speech, real llama.cpp: the tag arrives after the transcript and before the
+    reply, the model's user turn starts with it, and it is never spoken back."""
+    clip = harvard_clips()[0]
+    audio = read_audio(clip.path)[0]
+    runner = TurnRunner(engines, make_config(), output_rate=16000)
+    out = Recorder()
+    done = await runner.run(1, audio, 450, out)
+    assert done.status == "ok", done
+    kinds = [type(e) for e in out.events]
+    assert kinds.index(TranscriptEvent) < kinds.index(EmotionEvent) < kinds.index(ReplyText)
+    tag = next(e for e in out.events if isinstance(e, EmotionEvent))
+    assert tag.label in LABELS and -1 <= tag.valence <= 1 and 0 <= tag.arousal <= 1
+    assert tag.cues["speech_s"] > 0.5 and tag.cues["pitch_hz"] > 60
+    assert "emotion_ms" in done.timings_ms
+    messages = runner.conversation.messages("next")
+    assert TAG_NOTE in messages[0].content
+    first_user = messages[1].content.splitlines()
+    assert TAG_LINE.match(first_user[0]), first_user
+    assert first_user[-1] == done.transcript
+    assert "speaker" not in done.reply_text.lower() and "[" not in done.reply_text
+
+
+async def test_upset_speaker_gets_calm_wording_and_slower_speech(engines: Engines) -> None:
+    audio = spoken(engines, "I am furious. This is terrible, I hate waiting!", gain=2.0)
+    shaped, plain = ScriptedLlm([REPLY]), ScriptedLlm([REPLY])
+    shaped_out, plain_out = Recorder(), Recorder()
+    shaped_runner = scripted_runner(engines, shaped)
+    plain_runner = scripted_runner(engines, plain, shape_speech=False, tag_prompt=False)
+    await shaped_runner.run(1, audio, 450, shaped_out)
+    await plain_runner.run(1, audio, 450, plain_out)
+
+    tag = next(e for e in shaped_out.events if isinstance(e, EmotionEvent))
+    assert tag.label in ("angry", "anxious", "sad") and tag.valence <= -0.25
+    assert tag.length_scale > 1.05
+    user = shaped.prompts[0][-1].content.splitlines()
+    assert TAG_LINE.match(user[0]) and user[1].startswith("(The speaker sounds")
+    assert plain.prompts[0][-1].content == user[-1]  # no tag, just the words
+    # Every sentence of the reply is spoken at the tag's rate (Piper's own duration noise
+    # makes one reply's length too noisy to compare; tests/tts checks the rate itself).
+    assert isinstance(shaped_runner._engines.tts, RateRecordingTts)
+    assert isinstance(plain_runner._engines.tts, RateRecordingTts)
+    assert shaped_runner._engines.tts.rates == [tag.length_scale] * 2
+    assert plain_runner._engines.tts.rates == [1.0] * 2
+    plain_tag = next(e for e in plain_out.events if isinstance(e, EmotionEvent))
+    assert plain_tag.length_scale == 1.0
+
+
+async def test_neutral_question_adds_no_instruction(engines: Engines) -> None:
+    llm = ScriptedLlm([REPLY])
+    audio = spoken(engines, "What time does the pharmacy open tomorrow?", gain=0.7)
+    out = Recorder()
+    await scripted_runner(engines, llm).run(1, audio, 450, out)
+    user = llm.prompts[0][-1].content.splitlines()
+    assert len(user) == 2 and TAG_LINE.match(user[0])
+    assert "pharmacy" in user[1].lower()
+
+
+async def test_disabled_emotion_sends_nothing_and_prompts_plainly(engines: Engines) -> None:
+    llm = ScriptedLlm([REPLY])
+    audio = spoken(engines, "What time does the pharmacy open tomorrow?", gain=0.7)
+    out = Recorder()
+    runner = scripted_runner(engines, llm, enabled=False)
+    await runner.run(1, audio, 450, out)
+    assert not any(isinstance(e, EmotionEvent) for e in out.events)
+    assert TAG_NOTE not in llm.prompts[0][0].content
+    assert llm.prompts[0][-1].content.lower().startswith("what time")
+
+
+async def test_a_failing_analysis_costs_the_tag_not_the_answer(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr("voice_agent.turn.analyze", broken)
+    llm = ScriptedLlm([REPLY])
+    out = Recorder()
+    done = await scripted_runner(engines, llm).run(
+        1, spoken(engines, "Hello there.", gain=1.0), 450, out)
+    assert done.status == "ok" and done.reply_text == REPLY
+    assert not any(isinstance(e, EmotionEvent) for e in out.events)
