@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +32,10 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None
                           env=env, check=False)
 
 
-@pytest.fixture(scope="module")
-def serve_url() -> Iterator[str]:
-    """``voice-agent serve --port 0`` as a real process; yields its URL."""
-    process = subprocess.Popen([*CLI, "serve", "--port", "0"], stderr=subprocess.PIPE,
+@contextlib.contextmanager
+def served(*args: str) -> Iterator[str]:
+    """``voice-agent serve --port 0 ARGS`` as a real process; yields its URL."""
+    process = subprocess.Popen([*CLI, "serve", "--port", "0", *args], stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True)
     assert process.stderr is not None
     selector = selectors.DefaultSelector()
@@ -47,12 +49,18 @@ def serve_url() -> Iterator[str]:
             log.append(line)
             match = re.search(r"listening on (ws://\S+)", line)
             url = match.group(1) if match else None
-    assert url, "server did not start:\n" + "".join(log)
     try:
+        assert url, "server did not start:\n" + "".join(log)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, "serve did not stop cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def serve_url() -> Iterator[str]:
+    with served() as url:
+        yield url
 
 
 def test_client_against_served_appliance(serve_url: str, tmp_path: Path) -> None:
@@ -136,3 +144,31 @@ def test_doctor_checks_the_embedded_models() -> None:
     done = run_cli("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("ok (sha256 verified)") == 3
+
+
+def test_serve_falls_back_when_the_primary_server_is_not_there(tmp_path: Path) -> None:
+    """The issue's own command: nothing listens on port 9, so every turn is answered by the
+    embedded model, and the turn says so. After three refused turns the primary's breaker
+    is open, and turns stop paying for the refused connection."""
+    primary = "openai:http://127.0.0.1:9/v1#x"
+    with served("--llm", primary, "--llm", "llama_cpp:default") as url:
+        turns = []
+        for clip in speech_clips()[:4]:
+            done = run_cli("client", str(clip.path), "--url", url, "--json",
+                           "-o", str(tmp_path / "reply.wav"))
+            assert done.returncode == 0, done.stderr
+            result = json.loads(done.stdout)
+            assert result["reply_text"] and result["reply_audio_seconds"] > 0.5
+            turns += [e for e in result["events"] if e["type"] == "turn_done"]
+        status_url = url.replace("ws://", "http://") + "/status"
+        with urllib.request.urlopen(status_url, timeout=10) as response:
+            status = json.load(response)
+    assert len(turns) == 4, json.dumps(turns)
+    fallback = "llama_cpp:smollm2-135m-instruct-q4_1"  # `default`, by its manifest name
+    assert all(t["status"] == "ok" and t["engine"] == fallback for t in turns), json.dumps(turns)
+    assert not any("[speaker" in t["reply_text"].lower() for t in turns), json.dumps(turns)
+    refused = [t["fallbacks"] for t in turns[:3]]
+    assert refused == [{primary: "llm_unreachable"}] * 3, refused
+    assert turns[3]["fallbacks"] == {}  # breaker open: not even tried
+    breakers = {b["engine"]: b["state"] for b in status["llm"]}
+    assert breakers == {primary: "open", fallback: "closed"}

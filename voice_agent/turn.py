@@ -28,8 +28,8 @@ from voice_agent.engines import Engines
 from voice_agent.errors import EngineError, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
-from voice_agent.llm.text import ReasoningFilter, SentenceChunker
-from voice_agent.prompt import system_prompt, user_turn
+from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
+from voice_agent.prompt import ECHO_MARKERS, system_prompt, user_turn
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
@@ -250,6 +250,7 @@ class TurnRunner:
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
+        echo = SpanFilter(ECHO_MARKERS)
         started = time.perf_counter()
         reasoning_pieces = 0
         acknowledged = False
@@ -279,10 +280,10 @@ class TurnRunner:
                         raise EngineError(
                             f"{engine.name} reasoned {thinking_s:.1f} s ({reasoning_pieces} "
                             "pieces) without an answer", code="reasoning_budget")
-                await self._speakable(turn_id, filtered.speech, chunker, sentences, progress,
-                                      out)
-        await self._speakable(turn_id, reasoning.finish().speech, chunker, sentences,
-                              progress, out)
+                await self._speakable(turn_id, echo.feed(filtered.speech), chunker, sentences,
+                                      progress, out)
+        rest = echo.feed(reasoning.finish().speech) + echo.finish()
+        await self._speakable(turn_id, rest, chunker, sentences, progress, out)
         if not progress.answer_started:
             raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
 

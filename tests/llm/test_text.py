@@ -12,6 +12,7 @@ from voice_agent.llm.text import (
     Filtered,
     ReasoningFilter,
     SentenceChunker,
+    SpanFilter,
     clean_for_speech,
 )
 
@@ -253,3 +254,46 @@ def test_sentence_chunker_is_independent_of_splits(
     assert chunk_pieces(list(text), **options) == whole
     # No letter or digit is lost or invented, only markup, punctuation and whitespace.
     assert alnum(" ".join(whole)) == alnum(text)
+
+
+# --- SpanFilter: echoed prompt annotations ---------------------------------------------
+
+ECHO = (("[speaker:", "]"), ("(The speaker sounds", ")"))
+
+
+def span_pieces(pieces: list[str]) -> str:
+    spans = SpanFilter(ECHO)
+    return "".join(spans.feed(p) for p in pieces) + spans.finish()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[speaker: label=sad valence=-0.50 arousal=0.30 confidence=0.70] I'm sorry.",
+     " I'm sorry."),
+    ("Sure. [Speaker: label=happy] Have fun!", "Sure.  Have fun!"),
+    ("(The speaker sounds upset. Answer calmly.)\nI hear you.", "\nI hear you."),
+    ("[speaker: label=neutral valence=0.1\nOpen at nine.", "\nOpen at nine."),
+    ("[speaker: never closed", ""),
+    ("Arrays use [0] and (parentheses) too.", "Arrays use [0] and (parentheses) too."),
+    ("[speak", "[speak"),
+])
+def test_echoed_annotations_are_dropped(text: str, expected: str) -> None:
+    assert span_pieces([text]) == expected
+
+
+@settings(max_examples=300)
+@given(
+    text=st.lists(st.sampled_from(["[speaker: a=1]", "(The speaker sounds sad.)", "[", "(",
+                                   "]", ")", "The ", "speaker", "\n", "ok. ", "Spe"]),
+                  max_size=10).map("".join),
+    cuts=st.lists(st.integers(0, 200), max_size=12),
+)
+def test_span_filter_is_independent_of_splits(text: str, cuts: list[int]) -> None:
+    whole = span_pieces([text])
+    assert span_pieces(split_text(text, cuts)) == whole
+    assert span_pieces(list(text)) == whole
+    assert "[speaker:" not in whole.lower() and "(the speaker sounds" not in whole.lower()
+
+
+@given(text=st.text(max_size=60).filter(lambda t: "[" not in t and "(" not in t))
+def test_text_without_annotations_passes_unchanged(text: str) -> None:
+    assert span_pieces(list(text)) == text

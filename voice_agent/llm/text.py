@@ -76,6 +76,57 @@ class ReasoningFilter:
             out.speech += text
 
 
+class SpanFilter:
+    """Drop spans that open with one of ``markers`` (case-insensitive) and end at its
+    closer, from streamed text split anywhere.
+
+    For prompt annotations a model echoes back (small models copy an emotion tag line
+    into their answer). A span that is never closed ends at the end of its line.
+    """
+
+    def __init__(self, markers: tuple[tuple[str, str], ...]) -> None:
+        self._closers = {opener.lower(): closer for opener, closer in markers}
+        self._openers = re.compile("|".join(re.escape(o) for o, _ in markers), re.IGNORECASE)
+        self._held = ""
+        self._closer: str | None = None
+        """The closer of the span being dropped; None outside a span."""
+
+    def feed(self, piece: str) -> str:
+        text, self._held = self._held + piece, ""
+        out: list[str] = []
+        while text:
+            if self._closer is not None:
+                ends = [i for i in (text.find(self._closer), text.find("\n")) if i >= 0]
+                if not ends:
+                    break
+                end = min(ends)
+                text = text[end + (0 if text[end] == "\n" else len(self._closer)) :]
+                self._closer = None
+                continue
+            match = self._openers.search(text)
+            if match:
+                out.append(text[: match.start()])
+                text, self._closer = text[match.end() :], self._closers[match.group().lower()]
+                continue
+            keep = self._partial_opener(text)
+            out.append(text[: len(text) - keep])
+            self._held = text[len(text) - keep :]
+            break
+        return "".join(out)
+
+    def finish(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_opener(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that may begin an opener."""
+        for length in range(min(len(text), max(map(len, self._closers)) - 1), 0, -1):
+            tail = text[-length:].lower()
+            if any(o.startswith(tail) and len(o) > length for o in self._closers):
+                return length
+        return 0
+
+
 _ABBREVIATIONS = frozenset(
     {"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "jr.", "sr.", "no."}
 )
