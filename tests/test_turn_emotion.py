@@ -139,3 +139,15 @@ async def test_a_failing_analysis_costs_the_tag_not_the_answer(
         1, spoken(engines, "Hello there.", gain=1.0), 450, out)
     assert done.status == "ok" and done.reply_text == REPLY
     assert not any(isinstance(e, EmotionEvent) for e in out.events)
+
+
+async def test_an_echoed_tag_is_neither_shown_nor_spoken(engines: Engines) -> None:
+    llm = ScriptedLlm(["[spea", "ker: label=neutral valence=0.00 ", "arousal=0.50 confidence=0.6",
+                       "0]\n", "It opens at nine."])
+    out = Recorder()
+    done = await scripted_runner(engines, llm).run(
+        1, spoken(engines, "When does the pharmacy open?", gain=0.7), 450, out)
+    assert done.reply_text == "It opens at nine."
+    assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
+    back = engines.asr.transcribe(np.frombuffer(bytes(out.pcm), "<i2")).text.lower()
+    assert "opens" in back and "speaker" not in back and "label" not in back
