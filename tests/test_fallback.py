@@ -4,7 +4,9 @@ breaker opens and later closes again."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +16,9 @@ from tests.conftest import harvard_clips, make_config
 from tests.fakes import Recorder, ScriptedLlm
 from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.engines import Engines
+from voice_agent.llm.base import LlmEngine
 from voice_agent.llm.chain import LlmChain
+from voice_agent.llm.openai_http import OpenAiHttpEngine
 from voice_agent.server.protocol import ReplyText, TurnDone
 from voice_agent.turn import TurnRunner
 from voice_agent.wer import normalize
@@ -27,7 +31,7 @@ def utterance() -> Int16Array:
     return read_audio(harvard_clips()[0].path)[0]
 
 
-def runner(engines: Engines, primary: ScriptedLlm, **llm: object) -> TurnRunner:
+def runner(engines: Engines, primary: LlmEngine, **llm: object) -> TurnRunner:
     config = make_config(llm={"first_token_timeout_s": 1.0, "token_timeout_s": 0.5, **llm})
     chain = LlmChain([primary, engines.llm.primary], config.llm)
     return TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
@@ -121,3 +125,34 @@ async def test_breaker_opens_then_the_probe_brings_the_primary_back(
     done, _, _ = await answer(run, utterance)
     assert done.engine == "primary" and done.reply_text == "The primary answers."
     assert np.isfinite(done.timings_ms["llm_first_token_ms"])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog does) and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return int(listener.getsockname()[1])
+
+
+@pytest.mark.parametrize(("server", "code"), [("silent_server", "engine_timeout"),
+                                               ("closed_port", "llm_unreachable")])
+async def test_http_primary_that_never_answers_or_refuses_falls_back(
+    engines: Engines, utterance: Int16Array, server: str, code: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A real OpenAI-compatible HTTP engine in front of the real llama.cpp fallback."""
+    port = request.getfixturevalue(server)
+    config = make_config(llm={"first_token_timeout_s": 1.0, "token_timeout_s": 0.5})
+    primary = OpenAiHttpEngine(f"http://127.0.0.1:{port}/v1", "deepseek-r1", config.llm)
+    done, out, seconds = await answer(runner(engines, primary), utterance)
+    assert done.status == "ok" and done.engine == engines.llm.primary.name
+    assert done.fallbacks == {primary.name: code}
+    assert done.audio_samples > 8000
+    assert seconds < 1.0 + 6.0  # the 1 s first-token timeout, plus ASR, LLM and TTS
+    assert_no_words_twice(done, out)
