@@ -123,4 +123,4 @@ async def test_cancelled_reply_keeps_only_spoken_sentences_in_history(
     history = runner.conversation.messages("next")
     assert history[-2].role == "assistant"
     assert "Third" not in history[-2].content
-    assert history[-3].content == done.transcript
+    assert history[-3].content.splitlines()[-1] == done.transcript  # after the emotion tag

@@ -34,6 +34,14 @@ after the words instead gave 2 of 32, too few runs to choose by), so the turn dr
 from the reply with a :class:`~voice_agent.llm.text.SpanFilter`."""
 
 
+def echo_markers(style: ReplyStyle | None) -> tuple[tuple[str, str], ...]:
+    """:data:`ECHO_MARKERS`, plus this turn's instruction as an exact sentence to drop
+    (it is also copied without its parentheses)."""
+    if style is None or not style.instruction:
+        return ECHO_MARKERS
+    return (*ECHO_MARKERS, (style.instruction, ""))
+
+
 def system_prompt(config: Config) -> str:
     """The configured system prompt, plus :data:`TAG_NOTE` when tags go into the prompt."""
     base = config.llm.system_prompt.strip()

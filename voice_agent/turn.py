@@ -29,7 +29,7 @@ from voice_agent.errors import EngineError, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
-from voice_agent.prompt import ECHO_MARKERS, system_prompt, user_turn
+from voice_agent.prompt import ECHO_MARKERS, echo_markers, system_prompt, user_turn
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
@@ -64,6 +64,8 @@ class _Progress:
     """The user turn as sent to the model (transcript with the emotion tag in front)."""
     rate_factor: float = 1.0
     """Speaking-rate factor of this reply, from the emotion tag."""
+    echo_markers: tuple[tuple[str, str], ...] = ECHO_MARKERS
+    """Prompt annotations to drop from the reply if the model copies them."""
     reply: list[str] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     audio_samples: int = 0
@@ -197,6 +199,7 @@ class TurnRunner:
             cues=tag.as_dict()["prosody"], length_scale=round(progress.rate_factor, 3)))
         if not config.tag_prompt:
             return transcript.text
+        progress.echo_markers = echo_markers(style)
         return user_turn(transcript.text, tag, style)
 
     async def _think(
@@ -250,7 +253,7 @@ class TurnRunner:
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
-        echo = SpanFilter(ECHO_MARKERS)
+        echo = SpanFilter(progress.echo_markers)
         started = time.perf_counter()
         reasoning_pieces = 0
         acknowledged = False

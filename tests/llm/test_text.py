@@ -297,3 +297,12 @@ def test_span_filter_is_independent_of_splits(text: str, cuts: list[int]) -> Non
 @given(text=st.text(max_size=60).filter(lambda t: "[" not in t and "(" not in t))
 def test_text_without_annotations_passes_unchanged(text: str) -> None:
     assert span_pieces(list(text)) == text
+
+
+def test_a_marker_without_closer_drops_exactly_that_sentence() -> None:
+    instruction = "The speaker sounds sad. Answer gently."
+    spans = SpanFilter(((instruction, ""),))
+    pieces = ["the speaker sounds sad. answer", " gently. I am", " sorry. The speaker",
+              " sounds happy."]
+    text = "".join(spans.feed(p) for p in pieces) + spans.finish()
+    assert text == " I am sorry. The speaker sounds happy."

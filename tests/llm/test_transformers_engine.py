@@ -7,17 +7,24 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.conftest import harvard_clips, make_config
+from tests.fakes import Recorder
 from tests.llm.conftest import TRANSFORMERS_CONFIG, LoadedEngine, VocabGguf
+from voice_agent.audio.pcm import read_audio
+from voice_agent.engines import Engines
 from voice_agent.errors import EngineError, ModelError
 from voice_agent.llm.base import ChatMessage
+from voice_agent.llm.chain import LlmChain
 from voice_agent.llm.transformers_engine import TransformersEngine, _save_cache, gguf_cache_key
 from voice_agent.models import Manifest
+from voice_agent.turn import TurnRunner
 
 QUESTION = [
     ChatMessage("system", TRANSFORMERS_CONFIG.system_prompt),
@@ -53,6 +60,25 @@ def test_answers_a_chat_on_cpu(transformers_engine: LoadedEngine) -> None:
     print(f"\n{n_tokens} tokens in {seconds:.2f}s = {n_tokens / seconds:.1f} tokens/s "
           f"(first load {transformers_engine.first_load_s:.1f}s): {text!r}")
     wait_for_no_generation_thread()
+
+
+@pytest.mark.slow
+async def test_answers_a_spoken_turn_on_cpu(
+    transformers_engine: LoadedEngine, engines: Engines
+) -> None:
+    """Real speech in, the transformers engine as the only LLM, Piper out."""
+    config = make_config(llm={"max_tokens": 32, "first_token_timeout_s": 30.0})
+    chain = LlmChain([transformers_engine.engine], config.llm)
+    runner = TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
+    clip = harvard_clips()[0]
+    out = Recorder()
+    done = await runner.run(1, read_audio(clip.path)[0], 450, out)
+    assert done.status == "ok", done
+    assert done.engine == transformers_engine.engine.name and done.fallbacks == {}
+    assert any(c.isalpha() for c in done.reply_text)
+    assert done.audio_samples == len(out.pcm) // 2 > 8000
+    print(f"\ntransformers turn: TTFT {done.timings_ms['llm_first_token_ms']} ms, first audio "
+          f"{done.timings_ms['first_audio_ms']} ms: {done.reply_text!r}")
 
 
 @pytest.mark.slow

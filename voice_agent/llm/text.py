@@ -81,11 +81,12 @@ class SpanFilter:
     closer, from streamed text split anywhere.
 
     For prompt annotations a model echoes back (small models copy an emotion tag line
-    into their answer). A span that is never closed ends at the end of its line.
+    into their answer). A span that is never closed ends at the end of its line. A marker
+    with an empty closer drops just the opener itself (an exact sentence to remove).
     """
 
     def __init__(self, markers: tuple[tuple[str, str], ...]) -> None:
-        self._closers = {opener.lower(): closer for opener, closer in markers}
+        self._closer_of = {opener.lower(): closer for opener, closer in markers}
         self._openers = re.compile("|".join(re.escape(o) for o, _ in markers), re.IGNORECASE)
         self._held = ""
         self._closer: str | None = None
@@ -106,7 +107,8 @@ class SpanFilter:
             match = self._openers.search(text)
             if match:
                 out.append(text[: match.start()])
-                text, self._closer = text[match.end() :], self._closers[match.group().lower()]
+                text = text[match.end() :]
+                self._closer = self._closer_of[match.group().lower()] or None
                 continue
             keep = self._partial_opener(text)
             out.append(text[: len(text) - keep])
@@ -120,9 +122,9 @@ class SpanFilter:
 
     def _partial_opener(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that may begin an opener."""
-        for length in range(min(len(text), max(map(len, self._closers)) - 1), 0, -1):
+        for length in range(min(len(text), max(map(len, self._closer_of)) - 1), 0, -1):
             tail = text[-length:].lower()
-            if any(o.startswith(tail) and len(o) > length for o in self._closers):
+            if any(o.startswith(tail) and len(o) > length for o in self._closer_of):
                 return length
         return 0
 
