@@ -423,6 +423,37 @@ def test_reasoning_is_wrapped_in_think_tags_and_kept_out_of_speech(
     assert "".join(out.reasoning for out in outs) == "The user greets me."
 
 
+@pytest.mark.parametrize("pieces", [
+    # The server's template opened <think>: the stream starts inside reasoning.
+    [event("Paris is"), event(" asked.</th"), event("ink>\n\nParis."), event(finish="stop")],
+    # An older template: the model writes <think> itself.
+    [event("<think>\nParis is asked."), event("</think>\n\nParis."), event(finish="stop")],
+    # A server with a reasoning parser.
+    [event(reasoning="Paris is asked."), event("Paris."), event(finish="stop")],
+])
+def test_r1_by_name_never_speaks_its_reasoning_whatever_the_server_template(
+        serve: Callable[[Script], FaultServer], pieces: list[bytes]) -> None:
+    server = serve(streams(*pieces, DONE))
+    engine = OpenAiHttpEngine.from_spec(f"{server.base_url}#DeepSeek-R1-Distill-Qwen-7B",
+                                        CONFIG)
+    assert engine.opens_reasoning is None  # unknown: the stream decides
+    rf = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
+    outs = [rf.feed(piece) for piece in collect(engine)] + [rf.finish()]
+    assert "".join(out.speech for out in outs) == "Paris."
+    assert "asked" in "".join(out.reasoning for out in outs)
+
+
+def test_r1_by_name_gets_r1_sampling_and_no_system_message(
+        serve: Callable[[Script], FaultServer]) -> None:
+    server = serve(streams(event("Paris."), event(finish="stop"), DONE))
+    engine = OpenAiHttpEngine(server.base_url, "deepseek-r1:7b", CONFIG)
+    assert collect(engine) == ["Paris."]
+    body = server.requests[0][2]
+    assert (body["temperature"], body["top_p"]) == (0.6, 0.95)
+    assert body["messages"] == [
+        {"role": "user", "content": f"{QUESTION[0].content}\n\n{QUESTION[1].content}"}]
+
+
 def test_reasoning_without_answer_is_closed(serve: Callable[[Script], FaultServer]) -> None:
     server = serve(streams(event(reasoning="Hmm."), event(finish="length"), DONE))
     assert "".join(collect(server.engine())) == "<think>Hmm.</think>"

@@ -17,7 +17,7 @@ from voice_agent.llm.text import (
 )
 
 
-def filter_pieces(pieces: list[str], *, starts_in_reasoning: bool = False) -> Filtered:
+def filter_pieces(pieces: list[str], *, starts_in_reasoning: bool | None = False) -> Filtered:
     rf = ReasoningFilter(starts_in_reasoning=starts_in_reasoning)
     total = Filtered()
     for piece in pieces:
@@ -88,6 +88,36 @@ def test_unclosed_think_keeps_everything_out_of_speech() -> None:
     assert "secret" not in out.speech
 
 
+def test_open_tag_written_again_inside_reasoning_is_dropped() -> None:
+    """R1 served with a template that opens <think>, by a model that writes it again."""
+    out = filter_pieces(["<thi", "nk>\nLet me see.", "</think>\n\nFour."],
+                        starts_in_reasoning=True)
+    assert out == Filtered(speech="Four.", reasoning="\nLet me see.")
+
+
+def test_stray_close_tag_is_never_spoken() -> None:
+    out = filter_pieces(["Four.</th", "ink> Five."])
+    assert out.speech == "Four. Five." and out.reasoning == ""
+
+
+@pytest.mark.parametrize(("pieces", "speech", "reasoning"), [
+    (["Let me see.", "</think>", "Four."], "Four.", "Let me see."),
+    (["<think>Let me see.</think>", "Four."], "Four.", "Let me see."),
+    (["Four, and ", "nothing else."], "Four, and nothing else.", "Four, and nothing else."),
+])
+def test_undecided_start_is_decided_by_the_stream(
+    pieces: list[str], speech: str, reasoning: str
+) -> None:
+    """Unknown template: text counts as reasoning (kept out of speech while it streams)
+    until a tag decides; with no tag at all it was the answer and is spoken at the end."""
+    rf = ReasoningFilter(starts_in_reasoning=None)
+    outs = [rf.feed(piece) for piece in pieces]
+    assert all(out.speech == "" for out in outs[:-1])
+    outs.append(rf.finish())
+    assert "".join(out.speech for out in outs) == speech
+    assert "".join(out.reasoning for out in outs) == reasoning
+
+
 def test_unclosed_when_starting_in_reasoning() -> None:
     out = filter_pieces(["reasoning without an end"], starts_in_reasoning=True)
     assert out.speech == ""
@@ -132,10 +162,10 @@ reasoning_texts = st.lists(
 @given(
     text=st.one_of(reasoning_texts, st.text(max_size=40)),
     cuts=st.lists(st.integers(0, 200), max_size=12),
-    starts_in_reasoning=st.booleans(),
+    starts_in_reasoning=st.sampled_from([True, False, None]),
 )
 def test_reasoning_filter_is_independent_of_splits(
-    text: str, cuts: list[int], starts_in_reasoning: bool
+    text: str, cuts: list[int], starts_in_reasoning: bool | None
 ) -> None:
     whole = filter_pieces([text], starts_in_reasoning=starts_in_reasoning)
     split = filter_pieces(split_text(text, cuts), starts_in_reasoning=starts_in_reasoning)

@@ -19,9 +19,12 @@ class ChatMessage:
 class LlmEngine(Protocol):
     name: str
     """Reported with every turn so clients and logs know which engine answered."""
-    opens_reasoning: bool
-    """True when the chat template already opens ``<think>`` (DeepSeek-R1), so the stream
-    starts inside the reasoning block."""
+    @property
+    def opens_reasoning(self) -> bool | None:
+        """True when the chat template already opens ``<think>`` (DeepSeek-R1), so the
+        stream starts inside the reasoning block; None when that cannot be known (an R1
+        model behind a server): the stream decides (see ``ReasoningFilter``)."""
+        ...
 
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         """Yield text pieces of the reply. Blocking: iterate it in an executor thread.

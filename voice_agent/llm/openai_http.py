@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from voice_agent.config import LlmConfig
 from voice_agent.errors import ConfigError, EngineError, EngineTimeout
 from voice_agent.llm.base import ChatMessage
+from voice_agent.llm.r1 import PromptPolicy, is_deepseek_r1
 from voice_agent.llm.text import THINK_CLOSE, THINK_OPEN
 
 API_KEY_ENV = "VOICE_AGENT_OPENAI_API_KEY"
@@ -117,6 +118,10 @@ class OpenAiHttpEngine:
     Reasoning that the server splits off (``delta.reasoning_content`` or ``delta.reasoning``,
     from vLLM/Ollama reasoning parsers) is yielded inside ``<think>…</think>`` so the
     pipeline's ReasoningFilter keeps it out of speech, exactly like a local R1 model's.
+
+    Without such a parser, whether the server's template opened ``<think>`` is unknown, so
+    for a model named like DeepSeek-R1 ``opens_reasoning`` defaults to None: its text is
+    held as reasoning until a ``<think>``/``</think>`` tag or the end of the stream decides.
     """
 
     def __init__(
@@ -129,7 +134,7 @@ class OpenAiHttpEngine:
         connect_timeout_s: float = 2.0,
         read_timeout_s: float | None = None,
         name: str | None = None,
-        opens_reasoning: bool = False,
+        opens_reasoning: bool | None = False,
     ) -> None:
         """``read_timeout_s`` (default: ``config.first_token_timeout_s`` until the first
         piece, then ``config.token_timeout_s``) bounds every wait for data, so a stalled
@@ -155,6 +160,8 @@ class OpenAiHttpEngine:
         self.model = model.strip() or "default"
         self.name = name or f"openai:{base_url}#{self.model}"
         self.opens_reasoning = opens_reasoning
+        self.policy = PromptPolicy.for_template("", self.model, config)
+        """R1 by name: DeepSeek's sampling, and the system prompt in the first user turn."""
         self._config = config
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         self._connect_timeout_s = connect_timeout_s
@@ -166,7 +173,8 @@ class OpenAiHttpEngine:
         """``[openai:]http://host:port/v1#model`` (model optional: ``default``)."""
         spec = spec.strip().removeprefix("openai:")
         base_url, _, model = spec.partition("#")
-        return cls(base_url, model, config)
+        opens: bool | None = None if is_deepseek_r1("", model) else False
+        return cls(base_url, model, config, opens_reasoning=opens)
 
     def __repr__(self) -> str:  # names the server, never the key
         return f"OpenAiHttpEngine({self.name!r})"
@@ -302,11 +310,12 @@ class OpenAiHttpEngine:
     def _body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [{"role": m.role, "content": m.content}
+                         for m in self.policy.messages(messages)],
             "stream": True,
             "max_tokens": self._config.max_tokens,
-            "temperature": self._config.temperature,
-            "top_p": self._config.top_p,
+            "temperature": self.policy.temperature,
+            "top_p": self.policy.top_p,
         }
         if self._config.seed >= 0:  # vLLM, llama.cpp and Ollama honour it: repeatable tests
             body["seed"] = self._config.seed

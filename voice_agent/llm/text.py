@@ -30,11 +30,21 @@ def _partial_tag_suffix(text: str, tag: str) -> int:
 class ReasoningFilter:
     """Split a streamed reply into speakable text and ``<think>…</think>`` reasoning.
 
-    A close tag that never comes keeps everything after the open tag out of speech.
+    A close tag that never comes keeps everything after the open tag out of speech. Tags
+    that change nothing are dropped, never spoken: ``<think>`` inside reasoning (a model
+    that writes the tag its template already opened) and a stray ``</think>`` outside it.
+
+    ``starts_in_reasoning=None`` is for a stream whose prompt is unknown (an R1 model behind
+    an HTTP server: its template may or may not have opened ``<think>``). The text is
+    treated as reasoning until a tag decides; a stream that ends without any tag was the
+    answer after all, and :meth:`finish` returns it as speech.
     """
 
-    def __init__(self, *, starts_in_reasoning: bool = False) -> None:
-        self.in_reasoning = starts_in_reasoning
+    def __init__(self, *, starts_in_reasoning: bool | None = False) -> None:
+        self.in_reasoning = starts_in_reasoning is not False
+        self._undecided = starts_in_reasoning is None
+        self._tentative = ""
+        """Text taken for reasoning while undecided: spoken if no tag ever comes."""
         self._held = ""
         self._after_close = False
         """Newlines right after ``</think>`` are dropped, also when they come in later pieces."""
@@ -49,15 +59,18 @@ class ReasoningFilter:
                 if not text:
                     break
                 self._after_close = False
-            tag = THINK_CLOSE if self.in_reasoning else THINK_OPEN
-            index = text.find(tag)
-            if index >= 0:
+            found = [(i, tag) for tag in (THINK_OPEN, THINK_CLOSE) if (i := text.find(tag)) >= 0]
+            if found:
+                index, tag = min(found)
                 self._emit(out, text[:index])
+                self._undecided = False
                 text = text[index + len(tag) :]
-                self.in_reasoning = not self.in_reasoning
-                self._after_close = not self.in_reasoning
+                toggles = (tag == THINK_CLOSE) == self.in_reasoning
+                if toggles:
+                    self.in_reasoning = not self.in_reasoning
+                    self._after_close = not self.in_reasoning
                 continue
-            keep = _partial_tag_suffix(text, tag)
+            keep = max(_partial_tag_suffix(text, tag) for tag in (THINK_OPEN, THINK_CLOSE))
             self._emit(out, text[: len(text) - keep])
             self._held = text[len(text) - keep :]
             break
@@ -65,13 +78,19 @@ class ReasoningFilter:
 
     def finish(self) -> Filtered:
         out = Filtered()
-        self._emit(out, self._held)
+        if self._undecided:
+            out.speech, self._tentative = self._tentative + self._held, ""
+            self._undecided = self.in_reasoning = False
+        else:
+            self._emit(out, self._held)
         self._held = ""
         return out
 
     def _emit(self, out: Filtered, text: str) -> None:
         if self.in_reasoning:
             out.reasoning += text
+            if self._undecided:
+                self._tentative += text
         else:
             out.speech += text
 
