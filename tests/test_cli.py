@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,16 +39,18 @@ def served(*args: str) -> Iterator[str]:
     process = subprocess.Popen([*CLI, "serve", "--port", "0", *args], stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True)
     assert process.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stderr, selectors.EVENT_READ)
+    # A thread reads the log: select() on a buffered pipe misses lines that an earlier
+    # readline() already pulled into Python's buffer.
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()],
+                     daemon=True).start()
     deadline = time.monotonic() + 180
     url = None
     log: list[str] = []
     while url is None and time.monotonic() < deadline and process.poll() is None:
-        if selector.select(timeout=1):
-            line = process.stderr.readline()
-            log.append(line)
-            match = re.search(r"listening on (ws://\S+)", line)
+        with contextlib.suppress(queue.Empty):
+            log.append(lines.get(timeout=1))
+            match = re.search(r"listening on (ws://\S+)", log[-1])
             url = match.group(1) if match else None
     try:
         assert url, "server did not start:\n" + "".join(log)

@@ -27,7 +27,7 @@ from voice_agent.emotion import (
     fillers,
     prompt_tag,
     prosody,
-    reply_style,
+    reply_length_scale,
     sentiment,
 )
 
@@ -187,9 +187,8 @@ def test_angry_speech_against_calm_speech(tmp_path: Path) -> None:
     assert abs(calm.valence) < 0.25
     assert angry.arousal > calm.arousal + 0.15
     assert angry.prosody.loudness_dbfs > calm.prosody.loudness_dbfs + 10
-    style = reply_style(angry)
-    assert style.length_scale > 1.05 and "calmly" in style.instruction
-    assert reply_style(calm) == reply_style(EmotionTag())
+    assert reply_length_scale(angry) > 1.05
+    assert reply_length_scale(calm) == reply_length_scale(EmotionTag()) == 1.0
 
 
 def test_hesitant_and_chinese() -> None:
@@ -239,24 +238,23 @@ def test_prompt_tag_format() -> None:
     arousal=st.floats(allow_nan=True, allow_infinity=True),
     confidence=st.floats(allow_nan=True, allow_infinity=True),
 )
-def test_reply_style_and_tag_bounds(label: str, valence: float, arousal: float,
+def test_reply_rate_and_tag_bounds(label: str, valence: float, arousal: float,
                                     confidence: float) -> None:
     tag = EmotionTag(label=label, valence=valence, arousal=arousal, confidence=confidence)
-    style = reply_style(tag)
-    assert 0.85 <= style.length_scale <= 1.2
+    scale = reply_length_scale(tag)
+    assert 0.85 <= scale <= 1.2
     if label in ("neutral", "bogus"):
-        assert style == reply_style(EmotionTag())
+        assert scale == 1.0
     match = TAG.match(prompt_tag(tag))
     assert match is not None and match.group(1) in LABELS
     assert -1 <= float(match.group(2)) <= 1 and 0 <= float(match.group(4)) <= 1
 
 
-def test_reply_style_needs_confidence_to_steer_wording() -> None:
-    assert reply_style(EmotionTag(label="angry", confidence=0.1)).instruction == ""
-    sure = reply_style(EmotionTag(label="angry", confidence=0.9))
-    assert sure.instruction.startswith("The speaker sounds upset.")
-    assert reply_style(EmotionTag()) == reply_style(EmotionTag(label="neutral", confidence=1))
-    assert reply_style(EmotionTag()).length_scale == 1.0
+def test_a_weak_guess_moves_the_rate_half_as_far() -> None:
+    sure = reply_length_scale(EmotionTag(label="angry", confidence=1.0))
+    guess = reply_length_scale(EmotionTag(label="angry", confidence=0.0))
+    assert sure == pytest.approx(1.12) and guess == pytest.approx(1.06)
+    assert reply_length_scale(EmotionTag(label="excited", confidence=1.0)) < 1.0
 
 
 def test_prosody_of_5_seconds_takes_under_20_ms(sentence: Int16Array) -> None:

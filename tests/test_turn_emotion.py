@@ -15,8 +15,9 @@ from tests.fakes import Recorder, ScriptedLlm
 from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
 from voice_agent.emotion import LABELS
 from voice_agent.engines import Engines
+from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.chain import LlmChain
-from voice_agent.prompt import TAG_NOTE
+from voice_agent.prompt import TAG_NOTE, system_prompt
 from voice_agent.server.protocol import EmotionEvent, ReplyText, TranscriptEvent
 from voice_agent.tts.base import TtsEngine
 from voice_agent.turn import TurnRunner
@@ -80,7 +81,7 @@ async def test_real_turn_sends_the_tag_and_prompts_with_it(engines: Engines) -> 
     assert "speaker" not in done.reply_text.lower() and "[" not in done.reply_text
 
 
-async def test_upset_speaker_gets_calm_wording_and_slower_speech(engines: Engines) -> None:
+async def test_upset_speaker_is_tagged_and_answered_slower(engines: Engines) -> None:
     audio = spoken(engines, "I am furious. This is terrible, I hate waiting!", gain=2.0)
     shaped, plain = ScriptedLlm([REPLY]), ScriptedLlm([REPLY])
     shaped_out, plain_out = Recorder(), Recorder()
@@ -93,8 +94,10 @@ async def test_upset_speaker_gets_calm_wording_and_slower_speech(engines: Engine
     assert tag.label in ("angry", "anxious", "sad") and tag.valence <= -0.25
     assert tag.length_scale > 1.05
     user = shaped.prompts[0][-1].content.splitlines()
-    assert TAG_LINE.match(user[0]) and user[1].startswith("(The speaker sounds")
+    assert len(user) == 2 and TAG_LINE.match(user[0]) and "label=" + tag.label in user[0]
+    assert "calmly" in shaped.prompts[0][0].content  # the wording rules, fixed
     assert plain.prompts[0][-1].content == user[-1]  # no tag, just the words
+    assert "calmly" not in plain.prompts[0][0].content
     # Every sentence of the reply is spoken at the tag's rate (Piper's own duration noise
     # makes one reply's length too noisy to compare; tests/tts checks the rate itself).
     assert isinstance(shaped_runner._engines.tts, RateRecordingTts)
@@ -105,14 +108,19 @@ async def test_upset_speaker_gets_calm_wording_and_slower_speech(engines: Engine
     assert plain_tag.length_scale == 1.0
 
 
-async def test_neutral_question_adds_no_instruction(engines: Engines) -> None:
+async def test_system_prompt_is_the_same_whatever_the_tag(engines: Engines) -> None:
+    """So llama.cpp's KV cache of it stays valid from turn to turn."""
     llm = ScriptedLlm([REPLY])
-    audio = spoken(engines, "What time does the pharmacy open tomorrow?", gain=0.7)
-    out = Recorder()
-    await scripted_runner(engines, llm).run(1, audio, 450, out)
-    user = llm.prompts[0][-1].content.splitlines()
-    assert len(user) == 2 and TAG_LINE.match(user[0])
-    assert "pharmacy" in user[1].lower()
+    runner = scripted_runner(engines, llm)
+    await runner.run(1, spoken(engines, "What time does the pharmacy open?", 0.7), 450,
+                     Recorder())
+    await runner.run(2, spoken(engines, "I am furious, this is terrible!", 2.0), 450,
+                     Recorder())
+    first, second = llm.prompts
+    assert first[0] == second[0] and first[0].content == system_prompt(make_config())
+    assert second[1:3] == [first[1], ChatMessage("assistant", REPLY)]  # history as sent
+    labels = [TAG_LINE.match(p[-1].content.splitlines()[0]) for p in llm.prompts]
+    assert all(labels)
 
 
 async def test_disabled_emotion_sends_nothing_and_prompts_plainly(engines: Engines) -> None:

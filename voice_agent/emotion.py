@@ -2,9 +2,8 @@
 
 Why: the same words ("fine.") mean different things said calmly or shouted. Each utterance
 gets a small tag that (1) goes into the LLM prompt, (2) is sent to the client as an event
-(:meth:`EmotionTag.as_dict`) and (3) shapes the spoken reply (:func:`reply_style`: Piper
-``length_scale`` and an extra system instruction asking for calm wording when the speaker
-sounds upset).
+(:meth:`EmotionTag.as_dict`) and (3) shapes the spoken reply: Piper ``length_scale``
+(:func:`reply_length_scale`) and calmer wording for an upset speaker (:data:`WORDING`).
 
 Prompt format (:func:`prompt_tag`), one line, exactly::
 
@@ -402,35 +401,27 @@ def prompt_tag(tag: EmotionTag) -> str:
             f" confidence={_unit(tag.confidence):.2f}]")
 
 
-@dataclass(frozen=True)
-class ReplyStyle:
-    length_scale: float = 1.0
-    """Piper speaking-rate factor (>1 slower), always within 0.85..1.2."""
-    instruction: str = ""
-    """Extra system instruction for this reply; empty when none is needed."""
-
-
-_UPSET = ("The speaker sounds upset. Answer calmly and kindly, acknowledge the feeling in a "
-          "few words, keep it short.")
-_STYLES: dict[str, tuple[float, str]] = {
-    "angry": (1.12, _UPSET),
-    "anxious": (1.12, "The speaker sounds anxious. Answer calmly and reassuringly, "
-                      "in short clear steps."),
-    "sad": (1.1, "The speaker sounds sad. Answer gently and warmly, and keep it short."),
-    "hesitant": (1.05, "The speaker sounds unsure. Answer simply and patiently."),
-    "excited": (0.95, "The speaker sounds excited. Match their positive energy briefly."),
-    "happy": (1.0, "The speaker sounds cheerful. A warm tone is welcome."),
+WORDING: dict[str, str] = {
+    "angry": "answer calmly and kindly, acknowledge the feeling in a few words, keep it short",
+    "anxious": "answer calmly and reassuringly, in short clear steps",
+    "sad": "answer gently and warmly, and keep it short",
+    "hesitant": "answer simply and patiently",
+    "excited": "match their positive energy briefly",
+    "happy": "a warm tone is welcome",
 }
-MIN_INSTRUCTION_CONFIDENCE = 0.3
-"""Below this the tag is a guess: do not steer the wording on it."""
+"""How to word a reply, per label. They reach the model as fixed rules in the system prompt
+(``voice_agent.prompt``), not as a per-turn instruction: see there why."""
+_LENGTH_SCALES = {"angry": 1.12, "anxious": 1.12, "sad": 1.1, "hesitant": 1.05,
+                  "excited": 0.95, "happy": 1.0}
+MIN_WORDING_CONFIDENCE = 0.3
+"""Below this the tag is a guess: the rules tell the model not to steer its wording on it."""
 
 
-def reply_style(tag: EmotionTag) -> ReplyStyle:
-    """Slower, calmer speech for upset speakers, scaled by confidence (a weak guess moves
-    the rate only half as far); never outside 0.85..1.2 whatever the tag holds."""
-    target, instruction = _STYLES.get(tag.label, (1.0, ""))
+def reply_length_scale(tag: EmotionTag) -> float:
+    """Piper speaking-rate factor for the reply (>1 slower): slower and calmer for upset
+    speakers, scaled by confidence (a weak guess moves the rate only half as far); never
+    outside 0.85..1.2 whatever the tag holds."""
+    target = _LENGTH_SCALES.get(tag.label, 1.0)
     confidence = _unit(tag.confidence)
     scale = 1.0 + (target - 1.0) * (0.5 + 0.5 * confidence)
-    if confidence < MIN_INSTRUCTION_CONFIDENCE:
-        instruction = ""
-    return ReplyStyle(length_scale=max(0.85, min(1.2, scale)), instruction=instruction)
+    return max(0.85, min(1.2, scale))

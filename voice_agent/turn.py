@@ -23,13 +23,13 @@ from voice_agent.aio import call_in_thread, iterate_in_thread
 from voice_agent.asr import Transcript
 from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
-from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_style
+from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
 from voice_agent.engines import Engines
 from voice_agent.errors import EngineError, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
-from voice_agent.prompt import ECHO_MARKERS, echo_markers, system_prompt, user_turn
+from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, user_turn
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
@@ -64,8 +64,6 @@ class _Progress:
     """The user turn as sent to the model (transcript with the emotion tag in front)."""
     rate_factor: float = 1.0
     """Speaking-rate factor of this reply, from the emotion tag."""
-    echo_markers: tuple[tuple[str, str], ...] = ECHO_MARKERS
-    """Prompt annotations to drop from the reply if the model copies them."""
     reply: list[str] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     audio_samples: int = 0
@@ -189,9 +187,8 @@ class TurnRunner:
             log.exception("turn %d: emotion analysis failed", turn_id)
             return transcript.text
         progress.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        style = reply_style(tag)
         if config.shape_speech:
-            progress.rate_factor = style.length_scale
+            progress.rate_factor = reply_length_scale(tag)
         await out.event(EmotionEvent(
             turn_id=turn_id, label=tag.label, valence=round(tag.valence, 2),
             arousal=round(tag.arousal, 2), confidence=round(tag.confidence, 2),
@@ -199,8 +196,7 @@ class TurnRunner:
             cues=tag.as_dict()["prosody"], length_scale=round(progress.rate_factor, 3)))
         if not config.tag_prompt:
             return transcript.text
-        progress.echo_markers = echo_markers(style)
-        return user_turn(transcript.text, tag, style)
+        return user_turn(transcript.text, tag)
 
     async def _think(
         self,
@@ -253,7 +249,7 @@ class TurnRunner:
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
-        echo = SpanFilter(progress.echo_markers)
+        echo = SpanFilter(ECHO_MARKERS, inside=ECHO_INSIDE)
         started = time.perf_counter()
         reasoning_pieces = 0
         acknowledged = False

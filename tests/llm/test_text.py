@@ -15,6 +15,7 @@ from voice_agent.llm.text import (
     SpanFilter,
     clean_for_speech,
 )
+from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS
 
 
 def filter_pieces(pieces: list[str], *, starts_in_reasoning: bool | None = False) -> Filtered:
@@ -329,10 +330,13 @@ def test_text_without_annotations_passes_unchanged(text: str) -> None:
     assert span_pieces(list(text)) == text
 
 
-def test_a_marker_without_closer_drops_exactly_that_sentence() -> None:
-    instruction = "The speaker sounds sad. Answer gently."
-    spans = SpanFilter(((instruction, ""),))
-    pieces = ["the speaker sounds sad. answer", " gently. I am", " sorry. The speaker",
-              " sounds happy."]
-    text = "".join(spans.feed(p) for p in pieces) + spans.finish()
-    assert text == " I am sorry. The speaker sounds happy."
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[speaker: label=angry: response: I'm glad.", ": response: I'm glad."),
+    ("[speaker: label=sad valence=-0.50 arousal=0.30 confidence=0.70] Sorry.", " Sorry."),
+    ("[Speaker: label=sad, I hear you.", ", I hear you."),
+])
+def test_a_copied_tag_ends_where_the_tag_alphabet_ends(text: str, expected: str) -> None:
+    for pieces in ([text], list(text)):
+        spans = SpanFilter(ECHO_MARKERS, inside=ECHO_INSIDE)
+        assert "".join(spans.feed(p) for p in pieces) + spans.finish() == expected

@@ -100,13 +100,15 @@ class SpanFilter:
     closer, from streamed text split anywhere.
 
     For prompt annotations a model echoes back (small models copy an emotion tag line
-    into their answer). A span that is never closed ends at the end of its line. A marker
-    with an empty closer drops just the opener itself (an exact sentence to remove).
+    into their answer). A span that is never closed ends at the end of its line, or at the
+    first character that ``inside`` (a regex character class) does not allow: a model that
+    writes ``[speaker: label=sad: I'm sorry…`` loses the tag, not its answer.
     """
 
-    def __init__(self, markers: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, markers: tuple[tuple[str, str], ...], *, inside: str = r"[^\n]") -> None:
         self._closer_of = {opener.lower(): closer for opener, closer in markers}
         self._openers = re.compile("|".join(re.escape(o) for o, _ in markers), re.IGNORECASE)
+        self._outside = re.compile(rf"(?!{inside})(?s:.)")
         self._held = ""
         self._closer: str | None = None
         """The closer of the span being dropped; None outside a span."""
@@ -116,18 +118,21 @@ class SpanFilter:
         out: list[str] = []
         while text:
             if self._closer is not None:
-                ends = [i for i in (text.find(self._closer), text.find("\n")) if i >= 0]
+                stop = self._outside.search(text)
+                ends = [i for i in (text.find(self._closer), stop.start() if stop else -1,
+                                    text.find("\n")) if i >= 0]
                 if not ends:
                     break
                 end = min(ends)
-                text = text[end + (0 if text[end] == "\n" else len(self._closer)) :]
+                closed = text.startswith(self._closer, end)
+                text = text[end + (len(self._closer) if closed else 0) :]
                 self._closer = None
                 continue
             match = self._openers.search(text)
             if match:
                 out.append(text[: match.start()])
                 text = text[match.end() :]
-                self._closer = self._closer_of[match.group().lower()] or None
+                self._closer = self._closer_of[match.group().lower()]
                 continue
             keep = self._partial_opener(text)
             out.append(text[: len(text) - keep])
