@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +18,7 @@ from voice_agent.engines import Engines
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.chain import LlmChain
 from voice_agent.prompt import TAG_NOTE, system_prompt
-from voice_agent.server.protocol import EmotionEvent, ReplyText, TranscriptEvent
+from voice_agent.server.protocol import EmotionEvent, ErrorEvent, ReplyText, TranscriptEvent
 from voice_agent.tts.base import TtsEngine
 from voice_agent.turn import TurnRunner
 
@@ -159,3 +159,27 @@ async def test_an_echoed_tag_is_neither_shown_nor_spoken(engines: Engines) -> No
     assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
     back = engines.asr.transcribe(np.frombuffer(bytes(out.pcm), "<i2")).text.lower()
     assert "opens" in back and "speaker" not in back and "label" not in back
+
+
+class TagCopier(ScriptedLlm):
+    """Answers a tagged turn with nothing but a copy of its tag (what the embedded model
+    does in about 2% of tagged turns); answers an untagged one properly."""
+
+    def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
+        self.calls += 1
+        self.prompts.append(list(messages))
+        user = messages[-1].content
+        yield user.splitlines()[0] if user.startswith("[speaker:") else "It opens at nine."
+
+
+async def test_a_reply_that_is_only_a_copied_tag_is_asked_again_without_it(
+    engines: Engines,
+) -> None:
+    llm = TagCopier([])
+    out = Recorder()
+    done = await scripted_runner(engines, llm).run(
+        1, spoken(engines, "When does the pharmacy open?", gain=0.7), 450, out)
+    assert done.status == "ok" and done.reply_text == "It opens at nine."
+    assert done.fallbacks == {} and llm.calls == 2
+    assert not llm.prompts[1][-1].content.startswith("[speaker:")
+    assert not any(isinstance(e, ErrorEvent) for e in out.events)

@@ -155,7 +155,7 @@ class TurnRunner:
         sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE)
         speaker = asyncio.create_task(self._speak(sentences, progress, out))
         try:
-            await self._think(turn_id, progress.prompt, sentences, progress, out)
+            await self._think(turn_id, transcript.text, sentences, progress, out)
             await sentences.put(None)
             await speaker
         finally:
@@ -206,15 +206,28 @@ class TurnRunner:
         progress: _Progress,
         out: TurnOutput,
     ) -> None:
-        """Answer with the first engine of the chain that can; see ``llm.chain``."""
+        """Answer with the first engine of the chain that can; see ``llm.chain``.
+
+        ``text`` is the transcript; the prompt is ``progress.prompt`` (tagged)."""
         chain = self._engines.llm
-        messages = self.conversation.messages(text)
+        messages = self.conversation.messages(progress.prompt)
+        untagged = self.conversation.messages(text) if progress.prompt != text else None
         chunker = SentenceChunker()
         llm_started = time.perf_counter()
         for engine in chain.candidates():
             try:
-                await self._answer_with(engine, messages, turn_id, chunker, sentences,
-                                        progress, out, llm_started)
+                try:
+                    await self._answer_with(engine, messages, turn_id, chunker, sentences,
+                                            progress, out, llm_started)
+                except EngineError as exc:
+                    if exc.code != "llm_empty" or untagged is None:
+                        raise
+                    # A small model may answer a tagged turn with nothing but a copy of the
+                    # tag (about 2% of turns with the embedded one): ask once more without it.
+                    log.info("turn %d: %s answered nothing; asking without the emotion tag",
+                             turn_id, engine.name)
+                    await self._answer_with(engine, untagged, turn_id, chunker, sentences,
+                                            progress, out, llm_started)
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
                 chain.record(engine, success=False)
