@@ -75,9 +75,8 @@ async def test_real_turn_sends_the_tag_and_prompts_with_it(engines: Engines) -> 
     assert "emotion_ms" in done.timings_ms
     messages = runner.conversation.messages("next")
     assert TAG_NOTE in messages[0].content
-    first_user = messages[1].content.splitlines()
-    assert TAG_LINE.match(first_user[0]), first_user
-    assert first_user[-1] == done.transcript
+    assert messages[1].role == "system" and TAG_LINE.match(messages[1].content), messages
+    assert messages[2] == ChatMessage("user", done.transcript)
     assert "speaker" not in done.reply_text.lower() and "[" not in done.reply_text
 
 
@@ -93,11 +92,12 @@ async def test_upset_speaker_is_tagged_and_answered_slower(engines: Engines) -> 
     tag = next(e for e in shaped_out.events if isinstance(e, EmotionEvent))
     assert tag.label in ("angry", "anxious", "sad") and tag.valence <= -0.25
     assert tag.length_scale > 1.05
-    user = shaped.prompts[0][-1].content.splitlines()
-    assert len(user) == 2 and TAG_LINE.match(user[0]) and "label=" + tag.label in user[0]
-    assert "calmly" in shaped.prompts[0][0].content  # the wording rules, fixed
-    assert plain.prompts[0][-1].content == user[-1]  # no tag, just the words
-    assert "calmly" not in plain.prompts[0][0].content
+    system, note, user = shaped.prompts[0]
+    assert note.role == "system" and TAG_LINE.match(note.content)
+    assert "label=" + tag.label in note.content
+    assert "calmly" in system.content  # the wording rules, fixed
+    assert [m.role for m in plain.prompts[0]] == ["system", "user"]  # no tag
+    assert plain.prompts[0][-1] == user and "calmly" not in plain.prompts[0][0].content
     # Every sentence of the reply is spoken at the tag's rate (Piper's own duration noise
     # makes one reply's length too noisy to compare; tests/tts checks the rate itself).
     assert isinstance(shaped_runner._engines.tts, RateRecordingTts)
@@ -117,10 +117,10 @@ async def test_system_prompt_is_the_same_whatever_the_tag(engines: Engines) -> N
     await runner.run(2, spoken(engines, "I am furious, this is terrible!", 2.0), 450,
                      Recorder())
     first, second = llm.prompts
-    assert first[0] == second[0] and first[0].content == system_prompt(make_config())
-    assert second[1:3] == [first[1], ChatMessage("assistant", REPLY)]  # history as sent
-    labels = [TAG_LINE.match(p[-1].content.splitlines()[0]) for p in llm.prompts]
-    assert all(labels)
+    assert first[0].content == system_prompt(make_config())
+    assert second[: len(first)] == first  # the new prompt extends the last one exactly
+    assert second[len(first)] == ChatMessage("assistant", REPLY)
+    assert all(TAG_LINE.match(p[-2].content) for p in llm.prompts)
 
 
 async def test_disabled_emotion_sends_nothing_and_prompts_plainly(engines: Engines) -> None:
@@ -168,8 +168,8 @@ class TagCopier(ScriptedLlm):
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         self.calls += 1
         self.prompts.append(list(messages))
-        user = messages[-1].content
-        yield user.splitlines()[0] if user.startswith("[speaker:") else "It opens at nine."
+        note = messages[-2].content
+        yield note if note.startswith("[speaker:") else "It opens at nine."
 
 
 async def test_a_reply_that_is_only_a_copied_tag_is_asked_again_without_it(
@@ -181,5 +181,5 @@ async def test_a_reply_that_is_only_a_copied_tag_is_asked_again_without_it(
         1, spoken(engines, "When does the pharmacy open?", gain=0.7), 450, out)
     assert done.status == "ok" and done.reply_text == "It opens at nine."
     assert done.fallbacks == {} and llm.calls == 2
-    assert not llm.prompts[1][-1].content.startswith("[speaker:")
+    assert [m.role for m in llm.prompts[1]] == ["system", "user"]
     assert not any(isinstance(e, ErrorEvent) for e in out.events)

@@ -1,23 +1,26 @@
-"""What the LLM is told: the system prompt and the user turn, with the speaker's emotion tag.
+"""What the LLM is told: the system prompt, and the speaker's emotion tag before each turn.
 
-The user turn the model sees, when ``emotion.tag_prompt`` is on::
+With ``emotion.tag_prompt`` on, each user turn is preceded by a system message holding only
+the tag (:func:`voice_agent.emotion.prompt_tag`)::
 
-    [speaker: label=angry valence=-0.62 arousal=0.81 confidence=0.70]
-    I have been waiting for an hour!
+    system: [speaker: label=angry valence=-0.62 arousal=0.81 confidence=0.70]
+    user:   I have been waiting for an hour!
 
-The first line is :func:`voice_agent.emotion.prompt_tag`, then the words as transcribed.
 How to answer each label (calmer wording for an upset speaker) is in the system prompt, as
-fixed rules (:func:`tag_rules`, from :data:`voice_agent.emotion.WORDING`).
+fixed rules (:func:`tag_rules`, from :data:`voice_agent.emotion.WORDING`). Templates that
+cannot take a system message there get the tag folded in front of the user's words instead
+(:class:`voice_agent.llm.r1.PromptPolicy`; DeepSeek-R1 always does). History keeps the tags,
+so the next turn's prompt extends this one and llama.cpp's KV cache holds.
 
-Why the rules are fixed and not a per-turn instruction. Measured with the embedded
-SmolLM2-135M on the 29 bench sentences: an instruction line in the user turn (``(The speaker
-sounds sad. Answer gently ...)``) was copied back as the whole answer 13 times in 29,
-leaving nothing to say; a system prompt that changes per turn would throw away llama.cpp's
-KV cache of everything after it (seconds of prompt processing on a CPU). With the fixed rules
-below, written as prose (rules written as ``label=angry: ...`` made the model copy that
-pattern), 4 of 174 replies (2 seeds x 3 labels x 29) were nothing but a copied tag, and 8
-mentioned it. History keeps the user turns as sent, so the next turn's prompt extends this
-one.
+Why this shape, measured with the embedded SmolLM2-135M on the 29 bench sentences:
+
+- a per-turn instruction line in the user turn (``(The speaker sounds sad. Answer gently
+  ...)``) was copied back as the whole answer 13 times in 29; a system prompt that changes
+  per turn would throw away the KV cache of everything after it (seconds on a CPU). Fixed
+  rules, written as prose (``label=angry: ...`` made the model copy that pattern), avoid both;
+- the tag line in front of the words was copied into the answer in 19 of 58 replies (2
+  seeds), costing ~300 ms of tokens before the answer even when removed; after the words, 4;
+  as its own system message, 0 or 1 (two wordings of the note).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from voice_agent.config import Config
 from voice_agent.emotion import MIN_WORDING_CONFIDENCE, WORDING, EmotionTag, prompt_tag
 
 TAG_NOTE = (
-    "A user message may begin with a line in square brackets describing how the person "
-    "sounds; let it guide your tone, and never repeat or mention it."
+    "Before each user message a line in square brackets describes how the person sounds; "
+    "let it guide your tone, and never repeat or mention it."
 )
 ECHO_MARKERS = (("[speaker:", "]"),)
 """Opener and closer of the tag line. A small model sometimes copies it into its answer
@@ -53,8 +56,6 @@ def system_prompt(config: Config) -> str:
     return " ".join(part for part in (base, TAG_NOTE, tag_rules()) if part)
 
 
-def user_turn(text: str, tag: EmotionTag | None) -> str:
-    """The transcript with the tag line in front of it."""
-    if tag is None:
-        return text
-    return f"{prompt_tag(tag)}\n{text}"
+def tag_note(tag: EmotionTag) -> str:
+    """The system note that goes right before the user's words."""
+    return prompt_tag(tag)

@@ -29,7 +29,7 @@ from voice_agent.errors import EngineError, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
-from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, user_turn
+from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
@@ -60,8 +60,8 @@ class _Progress:
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     transcript: str = ""
-    prompt: str = ""
-    """The user turn as sent to the model (transcript with the emotion tag in front)."""
+    note: str = ""
+    """The emotion tag, sent to the model as a system message right before the words."""
     rate_factor: float = 1.0
     """Speaking-rate factor of this reply, from the emotion tag."""
     reply: list[str] = field(default_factory=list)
@@ -119,7 +119,8 @@ class TurnRunner:
             await out.event(ErrorEvent(code=error.code, message=str(error),
                                        transient=error.transient, turn_id=turn_id))
         if progress.transcript and progress.answer_started:
-            self.conversation.add(progress.prompt, " ".join(progress.spoken))
+            self.conversation.add(progress.transcript, " ".join(progress.spoken),
+                                  note=progress.note)
         progress.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
@@ -151,7 +152,7 @@ class TurnRunner:
         if not any(ch.isalnum() for ch in transcript.text):
             progress.transcript = ""
             return
-        progress.prompt = await self._hear_emotion(turn_id, audio, transcript, progress, out)
+        progress.note = await self._hear_emotion(turn_id, audio, transcript, progress, out)
         sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE)
         speaker = asyncio.create_task(self._speak(sentences, progress, out))
         try:
@@ -171,12 +172,11 @@ class TurnRunner:
         progress: _Progress,
         out: TurnOutput,
     ) -> str:
-        """Tag how the person sounds, tell the client, and return the user turn for the LLM.
-
-        A failure here costs the turn its tag, never its answer."""
+        """Tag how the person sounds, tell the client, and return the note for the LLM
+        ("" for none). A failure here costs the turn its tag, never its answer."""
         config = self._config.emotion
         if not config.enabled:
-            return transcript.text
+            return ""
         started = time.perf_counter()
         try:
             # Pure numpy, about 10 ms for 5 s of speech: off the loop, no model to wait on.
@@ -185,7 +185,7 @@ class TurnRunner:
                 words=transcript.words, tracker=self.emotion)
         except Exception:
             log.exception("turn %d: emotion analysis failed", turn_id)
-            return transcript.text
+            return ""
         progress.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
         if config.shape_speech:
             progress.rate_factor = reply_length_scale(tag)
@@ -194,9 +194,7 @@ class TurnRunner:
             arousal=round(tag.arousal, 2), confidence=round(tag.confidence, 2),
             fillers=tag.fillers, sentiment=round(tag.sentiment, 3),
             cues=tag.as_dict()["prosody"], length_scale=round(progress.rate_factor, 3)))
-        if not config.tag_prompt:
-            return transcript.text
-        return user_turn(transcript.text, tag)
+        return tag_note(tag) if config.tag_prompt else ""
 
     async def _think(
         self,
@@ -208,10 +206,10 @@ class TurnRunner:
     ) -> None:
         """Answer with the first engine of the chain that can; see ``llm.chain``.
 
-        ``text`` is the transcript; the prompt is ``progress.prompt`` (tagged)."""
+        ``text`` is the transcript; ``progress.note`` (the emotion tag) goes before it."""
         chain = self._engines.llm
-        messages = self.conversation.messages(progress.prompt)
-        untagged = self.conversation.messages(text) if progress.prompt != text else None
+        messages = self.conversation.messages(text, progress.note)
+        untagged = self.conversation.messages(text) if progress.note else None
         chunker = SentenceChunker()
         llm_started = time.perf_counter()
         for engine in chain.candidates():

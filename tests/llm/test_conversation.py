@@ -66,3 +66,23 @@ def test_truncated_reply_is_stored_as_given() -> None:
     conversation = Conversation("S", max_turns=2)
     conversation.add("tell me a story", "Once upon a")
     assert conversation.messages("go on")[2] == ChatMessage("assistant", "Once upon a")
+
+
+def test_notes_precede_their_user_turn_and_stay_in_history() -> None:
+    """The next prompt extends the previous one exactly, so llama.cpp's KV cache holds."""
+    conversation = Conversation("S", max_turns=2)
+    first = conversation.messages("q1", note="[speaker: label=sad]")
+    assert [(m.role, m.content) for m in first] == [
+        ("system", "S"), ("system", "[speaker: label=sad]"), ("user", "q1")]
+    conversation.add("q1", "a1", note="[speaker: label=sad]")
+    second = conversation.messages("q2", note="[speaker: label=happy]")
+    assert second[: len(first)] == first
+    assert [m.content for m in second[len(first):]] == ["a1", "[speaker: label=happy]", "q2"]
+    assert [m.role for m in conversation.messages("q3")] == [
+        "system", "system", "user", "assistant", "user"]
+
+
+def test_an_empty_reply_still_keeps_the_turns_alternating() -> None:
+    conversation = Conversation("S", max_turns=2)
+    conversation.add("q", "")
+    assert [m.role for m in conversation.messages("q2")] == ["system", "user", "assistant", "user"]

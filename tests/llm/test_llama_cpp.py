@@ -45,6 +45,7 @@ def test_prefill_leaves_the_system_prompt_in_the_kv_cache(engine: LlamaCppEngine
 
 def test_smollm2_keeps_its_system_prompt_and_configured_sampling(engine: LlamaCppEngine) -> None:
     assert engine.policy.is_r1 is False and engine.policy.fold_system is False
+    assert engine.policy.fold_late_system is False  # ChatML renders a system note in place
     assert (engine.policy.temperature, engine.policy.top_p) == (0.3, 0.95)
 
 
@@ -56,5 +57,10 @@ def test_an_r1_gguf_gets_r1_prompting(r1_llama: Any) -> None:
     assert policy.is_r1 and policy.fold_system
     assert (policy.temperature, policy.top_p) == (0.6, 0.95)
     assert engine.opens_reasoning is False
-    folded = policy.messages([ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")])
-    assert folded == [ChatMessage("user", "Be brief.\n\nHi")]
+    assert policy.fold_late_system  # the template keeps only the last system message
+    folded = policy.messages([
+        ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"),
+        ChatMessage("assistant", "Hello."), ChatMessage("system", "[speaker: label=sad]"),
+        ChatMessage("user", "I lost my keys.")])
+    assert folded == [ChatMessage("user", "Be brief.\n\nHi"), ChatMessage("assistant", "Hello."),
+                      ChatMessage("user", "[speaker: label=sad]\n\nI lost my keys.")]

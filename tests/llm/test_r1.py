@@ -22,6 +22,7 @@ from voice_agent.llm.r1 import (
     render_prompt,
     sampling_for,
     should_fold_system,
+    template_keeps_late_system,
     template_keeps_system,
 )
 
@@ -90,6 +91,19 @@ def test_adapt_messages_joins_system_messages_and_survives_no_user_turn() -> Non
     assert adapt_messages(messages, keeps_system=False) == [ChatMessage("user", "One.\n\nTwo.")]
     no_system = [ChatMessage("user", "Hi")]
     assert adapt_messages(no_system, keeps_system=False) == no_system
+
+
+def test_adapt_messages_folds_each_late_system_note_into_its_next_user_turn() -> None:
+    messages = [ChatMessage("system", SYSTEM), ChatMessage("system", "N1"),
+                ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"),
+                ChatMessage("system", "N2"), ChatMessage("user", "Bye"),
+                ChatMessage("system", "N3")]
+    assert adapt_messages(messages, keeps_system=True, keeps_late_system=False) == [
+        ChatMessage("system", SYSTEM), ChatMessage("system", "N1"),
+        ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"),
+        ChatMessage("user", "N2\n\nBye"), ChatMessage("user", "N3")]
+    assert adapt_messages(messages, keeps_system=False)[0] == ChatMessage(
+        "user", f"{SYSTEM}\n\nN1\n\nHi")
 
 
 def test_templates_that_drop_or_reject_system_are_detected() -> None:
@@ -229,3 +243,10 @@ def test_smollm2_template_keeps_system_and_needs_no_folding(smollm2_llama: Any) 
     assert template_keeps_system(template) is True
     assert should_fold_system(template, "smollm2-135m-instruct-q4_1") is False
     assert generation_opens_reasoning(template) is False
+    assert template_keeps_late_system(template) is True
+
+
+@pytest.mark.slow
+def test_r1_template_keeps_only_the_last_system_message(r1_llama: Any) -> None:
+    """So the per-turn emotion note must be folded into the user turn for R1."""
+    assert template_keeps_late_system(template_of(r1_llama), BOS, EOS) is False

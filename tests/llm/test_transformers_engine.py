@@ -227,8 +227,7 @@ def test_r1_tokenizer_keeps_think_tags_and_renders_like_llama_cpp(r1_vocab_gguf:
     builds from the same template."""
     from transformers import AutoTokenizer
 
-    from voice_agent.llm.r1 import adapt_messages, render_prompt
-    from voice_agent.llm.transformers_engine import _keeps_system
+    from voice_agent.llm.r1 import adapt_messages, render_prompt, template_keeps_system
 
     path = r1_vocab_gguf.path
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -238,9 +237,10 @@ def test_r1_tokenizer_keeps_think_tags_and_renders_like_llama_cpp(r1_vocab_gguf:
     assert ids[0] == 151648 and 151649 in ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == reply
 
-    assert _keeps_system(tokenizer) is True  # as llama.cpp renders it: bare text after BOS
-    messages = adapt_messages(QUESTION, keeps_system=False)
     template = str(tokenizer.chat_template)
+    # As llama.cpp renders it: bare text after BOS (R1 folds it anyway).
+    assert template_keeps_system(template, tokenizer.bos_token, tokenizer.eos_token) is True
+    messages = adapt_messages(QUESTION, keeps_system=False)
     payload = [{"role": m.role, "content": m.content} for m in messages]
     rendered = tokenizer.apply_chat_template(payload, add_generation_prompt=True, tokenize=False)
     assert rendered == render_prompt(template, messages, tokenizer.bos_token, tokenizer.eos_token)

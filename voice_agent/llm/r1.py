@@ -44,6 +44,7 @@ SYSTEM_FOLD_SEPARATOR = "\n\n"
 _R1_NAME = re.compile(r"deepseek[\W_]*r1", re.IGNORECASE)
 _SYSTEM_PROBE = "SYSTEM-PROBE-7f3a9c"
 _USER_PROBE = "USER-PROBE-2b81d4"
+_LATE_PROBE = "LATE-PROBE-5e0c17"
 
 
 def is_deepseek_r1(chat_template: str, model_name: str = "") -> bool:
@@ -122,27 +123,51 @@ def should_fold_system(chat_template: str, model_name: str = "", bos_token: str 
     return not template_keeps_system(chat_template, bos_token, eos_token)
 
 
-def adapt_messages(messages: Sequence[ChatMessage], keeps_system: bool) -> list[ChatMessage]:
+def template_keeps_late_system(chat_template: str, bos_token: str = "",
+                               eos_token: str = "") -> bool:
+    """Whether the template renders a system message that comes after the first exchange
+    (where the per-turn emotion tag goes) in its place. Some raise on it, R1's keeps only
+    the last system message as the system prompt: both count as no."""
+    probe = [ChatMessage("system", _SYSTEM_PROBE), ChatMessage("user", _USER_PROBE),
+             ChatMessage("assistant", "A"), ChatMessage("system", _LATE_PROBE),
+             ChatMessage("user", _USER_PROBE)]
+    try:
+        prompt = render_prompt(chat_template, probe, bos_token, eos_token)
+    except Exception:
+        return False
+    return _SYSTEM_PROBE in prompt and prompt.find(_USER_PROBE) < prompt.find(_LATE_PROBE)
+
+
+def adapt_messages(messages: Sequence[ChatMessage], keeps_system: bool,
+                   keeps_late_system: bool | None = None) -> list[ChatMessage]:
     """Messages as the template should see them.
 
-    With ``keeps_system`` they pass unchanged. Otherwise every system message is removed and
-    their text (joined by blank lines) goes in front of the first user turn as
-    ``SYSTEM + "\\n\\n" + USER``; with no user turn at all it becomes one. Later user turns are
-    left alone, so the instructions appear exactly once in the prompt.
+    A system message the template cannot take goes in front of the next user turn, as
+    ``SYSTEM + "\n\n" + USER`` (several are joined by blank lines; with no user turn after
+    them they become one). Leading system messages (the system prompt) follow
+    ``keeps_system`` and later ones (per-turn notes) ``keeps_late_system``, which defaults
+    to ``keeps_system``. The instructions so appear exactly once, in front of the turn
+    they belong to.
     """
-    if keeps_system:
-        return list(messages)
-    system = SYSTEM_FOLD_SEPARATOR.join(
-        m.content.strip() for m in messages if m.role == "system" and m.content.strip()
-    )
-    rest = [m for m in messages if m.role != "system"]
-    if not system:
-        return rest
-    for index, message in enumerate(rest):
-        if message.role == "user":
-            folded = ChatMessage("user", system + SYSTEM_FOLD_SEPARATOR + message.content)
-            return [*rest[:index], folded, *rest[index + 1 :]]
-    return [ChatMessage("user", system), *rest]
+    keeps_late = keeps_system if keeps_late_system is None else keeps_late_system
+    adapted: list[ChatMessage] = []
+    pending: list[str] = []
+    started = False
+    for message in messages:
+        if message.role == "system":
+            if keeps_late if started else keeps_system:
+                adapted.append(message)
+            elif message.content.strip():
+                pending.append(message.content.strip())
+            continue
+        started = True
+        if message.role == "user" and pending:
+            message = ChatMessage("user", SYSTEM_FOLD_SEPARATOR.join([*pending, message.content]))
+            pending = []
+        adapted.append(message)
+    if pending:
+        adapted.append(ChatMessage("user", SYSTEM_FOLD_SEPARATOR.join(pending)))
+    return adapted
 
 
 @dataclass(frozen=True)
@@ -152,6 +177,9 @@ class PromptPolicy:
     is_r1: bool
     fold_system: bool
     """Move the system prompt into the first user turn (:func:`should_fold_system`)."""
+    fold_late_system: bool
+    """Move later system messages into their next user turn
+    (:func:`template_keeps_late_system`)."""
     opens_reasoning: bool
     """The generation prompt already opens ``<think>`` (:func:`generation_opens_reasoning`)."""
     temperature: float
@@ -160,17 +188,22 @@ class PromptPolicy:
     @classmethod
     def for_template(cls, chat_template: str, model_name: str, config: LlmConfig, *,
                      bos_token: str = "", eos_token: str = "") -> PromptPolicy:
-        """Without a template the runtime's built-in chat format is used; it keeps the
-        system prompt, so only an R1 (known by name) folds it."""
+        """Without a template the runtime's built-in chat format (or a server's template)
+        is used; it keeps the system prompt, so only an R1 (known by name) folds it."""
         is_r1 = is_deepseek_r1(chat_template, model_name)
         if chat_template:
             fold = should_fold_system(chat_template, model_name, bos_token, eos_token)
+            fold_late = fold or not template_keeps_late_system(chat_template, bos_token,
+                                                               eos_token)
             opens = generation_opens_reasoning(chat_template, bos_token, eos_token)
         else:
-            fold, opens = is_r1, False
+            # Unknown template (a server's, or the runtime's default): a late system message
+            # is the one thing some templates reject, so it goes into the user turn.
+            fold, fold_late, opens = is_r1, True, False
         temperature, top_p = sampling_for(chat_template, model_name, config)
-        return cls(is_r1=is_r1, fold_system=fold, opens_reasoning=opens,
-                   temperature=temperature, top_p=top_p)
+        return cls(is_r1=is_r1, fold_system=fold, fold_late_system=fold_late,
+                   opens_reasoning=opens, temperature=temperature, top_p=top_p)
 
     def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-        return adapt_messages(messages, keeps_system=not self.fold_system)
+        return adapt_messages(messages, keeps_system=not self.fold_system,
+                              keeps_late_system=not self.fold_late_system)

@@ -26,7 +26,7 @@ from typing import Any
 from voice_agent.config import LlmConfig
 from voice_agent.errors import EngineError, ModelError
 from voice_agent.llm.base import ChatMessage
-from voice_agent.llm.r1 import adapt_messages, is_deepseek_r1, sampling_for
+from voice_agent.llm.r1 import PromptPolicy
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,16 @@ class TransformersEngine:
         if not template:
             raise ModelError(f"{path} has no chat template")
         self.chat_template = template
-        self.is_r1 = is_deepseek_r1(template, f"{path.name} {self.name}")
-        self.temperature, self.top_p = sampling_for(template, f"{path.name} {self.name}", config)
+        self.policy = PromptPolicy.for_template(
+            template, f"{path.name} {self.name}", config,
+            bos_token=str(self._tokenizer.bos_token or ""),
+            eos_token=str(self._tokenizer.eos_token or ""))
+        self.is_r1 = self.policy.is_r1
+        self.temperature, self.top_p = self.policy.temperature, self.policy.top_p
         probe = [{"role": "user", "content": "x"}]
         generation = str(self._tokenizer.apply_chat_template(
             probe, add_generation_prompt=True, tokenize=False))
         self.opens_reasoning = generation.rstrip().endswith("<think>")
-        self._keeps_system = not self.is_r1 and _keeps_system(self._tokenizer)
         self._lock = threading.Lock()
 
     # Loading ---------------------------------------------------------------------------
@@ -200,7 +203,7 @@ class TransformersEngine:
                                   device=input_ids.device)
 
         payload = [{"role": m.role, "content": m.content}
-                   for m in adapt_messages(messages, self._keeps_system)]
+                   for m in self.policy.messages(messages)]
         with self._lock:
             if cancel.is_set():
                 return
@@ -286,17 +289,6 @@ def _pick_dtype(torch: Any, device: str) -> Any:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def _keeps_system(tokenizer: Any) -> bool:
-    probe = "SYSTEM-PROBE-7f3a9c"
-    try:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "system", "content": probe}, {"role": "user", "content": "x"}],
-            add_generation_prompt=True, tokenize=False)
-    except Exception:
-        return False
-    return probe in str(prompt)
 
 
 def _save_cache(model: Any, tokenizer: Any, gguf: Path, cache: Path) -> None:
