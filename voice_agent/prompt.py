@@ -33,9 +33,8 @@ TAG_NOTE = (
     "let it guide your tone, and never repeat or mention it."
 )
 ECHO_MARKERS = (("[speaker:", "]"),)
-"""Opener and closer of the tag line. A small model sometimes copies it into its answer
-(SmolLM2-135M: 5 of 32 replies in one test run), so the turn drops it from the reply with a
-:class:`~voice_agent.llm.text.SpanFilter`."""
+"""Opener and closer of the tag line. A small model may still copy it into its answer (see
+above), so the turn drops it from the reply with a :class:`~voice_agent.llm.text.SpanFilter`."""
 ECHO_INSIDE = r"[\w =.\-]"
 """What a copied tag line may contain; the first other character ends it (see SpanFilter)."""
 
