@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from voice_agent import emotion as emotion_module
 from voice_agent.asr import Word
 from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.emotion import (
@@ -29,6 +30,7 @@ from voice_agent.emotion import (
     prosody,
     reply_length_scale,
     sentiment,
+    warm_up,
 )
 
 RATE = 16000
@@ -266,3 +268,9 @@ def test_prosody_of_5_seconds_takes_under_20_ms(sentence: Int16Array) -> None:
         prosody(clip, word_count=20)
         best = min(best, time.perf_counter() - started)
     assert best < 0.020
+
+
+def test_warm_up_loads_the_lexicon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emotion_module, "_analyzer", None)
+    warm_up()
+    assert emotion_module._analyzer is not None

@@ -389,6 +389,14 @@ def analyze(audio: Int16Array, transcript_text: str, *, language: str = "en",
                       fillers=n_fillers, sentiment=sent)
 
 
+def warm_up() -> None:
+    """Load the sentiment lexicon and run the analysis once (about 80 ms), so the first
+    person's turn does not pay for it."""
+    t = np.arange(16000) / 16000.0
+    tone = (8000 * np.sin(2 * np.pi * 150.0 * t)).astype(np.int16)
+    analyze(tone, "Hello there.")
+
+
 def _unit(value: float, low: float = 0.0) -> float:
     return max(low, min(1.0, value)) if math.isfinite(value) else 0.0
 

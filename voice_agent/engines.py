@@ -95,5 +95,9 @@ def load_engines(config: Config, manifest: Manifest | None = None) -> Engines:
     started = time.perf_counter()
     tts = load_tts(config, manifest)
     seconds["tts"] = time.perf_counter() - started
+    if config.emotion.enabled:
+        from voice_agent.emotion import warm_up
+
+        warm_up()
     log.info("engines loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Engines(asr=asr, llm=llm, tts=tts, load_seconds=seconds)
