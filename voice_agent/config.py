@@ -197,9 +197,9 @@ class EmotionConfig:
     """Derive how the person sounds from each utterance (prosody, fillers, word sentiment;
     about 10 ms per turn) and send it as an ``emotion`` event."""
     tag_prompt: bool = True
-    """Put the tag in front of the user's words in the LLM prompt, with rules in the system
-    prompt for how to word the answer (calmer for an upset speaker); format and reasons in
-    ``voice_agent.prompt``."""
+    """Send the tag to the LLM as a note right before the user's words, with rules in the
+    system prompt for how to word the answer (calmer for an upset speaker); format and
+    reasons in ``voice_agent.prompt``."""
     shape_speech: bool = True
     """Speak the reply slower for an upset, sad or unsure speaker, a little faster for an
     excited one (Piper ``length_scale`` times 0.85..1.2, on top of ``tts.length_scale``)."""

@@ -189,11 +189,10 @@ class TurnRunner:
         progress.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
         if config.shape_speech:
             progress.rate_factor = reply_length_scale(tag)
-        await out.event(EmotionEvent(
-            turn_id=turn_id, label=tag.label, valence=round(tag.valence, 2),
-            arousal=round(tag.arousal, 2), confidence=round(tag.confidence, 2),
-            fillers=tag.fillers, sentiment=round(tag.sentiment, 3),
-            cues=tag.as_dict()["prosody"], length_scale=round(progress.rate_factor, 3)))
+        fields = tag.as_dict()  # rounded for the wire
+        cues = fields.pop("prosody")
+        await out.event(EmotionEvent(turn_id=turn_id, cues=cues, **fields,
+                                     length_scale=round(progress.rate_factor, 3)))
         return tag_note(tag) if config.tag_prompt else ""
 
     async def _think(

@@ -49,7 +49,7 @@ def test_answers_a_chat_on_cpu(transformers_engine: LoadedEngine) -> None:
     assert engine.device == "cpu" and engine.dtype == torch.float32
     assert next(engine._model.parameters()).dtype == torch.float32
     assert engine.name == "transformers:SmolLM2-135M-Instruct.Q4_1"
-    assert engine.opens_reasoning is False and engine.is_r1 is False
+    assert engine.opens_reasoning is False and engine.policy.is_r1 is False
     started = time.perf_counter()
     pieces = list(engine.stream(QUESTION, threading.Event()))
     seconds = time.perf_counter() - started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -14,6 +14,11 @@ Role = Literal["system", "user", "assistant"]
 class ChatMessage:
     role: Role
     content: str
+
+
+def as_payload(messages: Iterable[ChatMessage]) -> list[dict[str, str]]:
+    """The messages as the chat APIs (llama.cpp, transformers, OpenAI) take them."""
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 class LlmEngine(Protocol):

@@ -77,8 +77,7 @@ class LlamaCppEngine:
         *,
         max_tokens: int | None = None,
     ) -> Iterator[str]:
-        payload: list[Any] = [{"role": m.role, "content": m.content}
-                              for m in self.policy.messages(messages)]
+        payload: list[Any] = self.policy.payload(messages)
         with self._lock:
             if cancel.is_set():
                 return

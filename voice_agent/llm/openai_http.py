@@ -310,8 +310,7 @@ class OpenAiHttpEngine:
     def _body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content}
-                         for m in self.policy.messages(messages)],
+            "messages": self.policy.payload(messages),
             "stream": True,
             "max_tokens": self._config.max_tokens,
             "temperature": self.policy.temperature,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from voice_agent.llm.base import ChatMessage
+from voice_agent.llm.base import ChatMessage, as_payload
 
 if TYPE_CHECKING:
     from voice_agent.config import LlmConfig
@@ -84,7 +84,7 @@ def render_prompt(
         bos_token=bos_token,
         add_generation_prompt=add_generation_prompt,
     )
-    payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+    payload: list[Any] = as_payload(messages)
     return str(formatter(messages=payload).prompt)
 
 
@@ -207,3 +207,7 @@ class PromptPolicy:
     def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         return adapt_messages(messages, keeps_system=not self.fold_system,
                               keeps_late_system=not self.fold_late_system)
+
+    def payload(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+        """:meth:`messages`, as the chat APIs take them."""
+        return as_payload(self.messages(messages))

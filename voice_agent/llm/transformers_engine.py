@@ -118,12 +118,7 @@ class TransformersEngine:
             template, f"{path.name} {self.name}", config,
             bos_token=str(self._tokenizer.bos_token or ""),
             eos_token=str(self._tokenizer.eos_token or ""))
-        self.is_r1 = self.policy.is_r1
-        self.temperature, self.top_p = self.policy.temperature, self.policy.top_p
-        probe = [{"role": "user", "content": "x"}]
-        generation = str(self._tokenizer.apply_chat_template(
-            probe, add_generation_prompt=True, tokenize=False))
-        self.opens_reasoning = generation.rstrip().endswith("<think>")
+        self.opens_reasoning = self.policy.opens_reasoning
         self._lock = threading.Lock()
 
     # Loading ---------------------------------------------------------------------------
@@ -202,8 +197,7 @@ class TransformersEngine:
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
                                   device=input_ids.device)
 
-        payload = [{"role": m.role, "content": m.content}
-                   for m in self.policy.messages(messages)]
+        payload = self.policy.payload(messages)
         with self._lock:
             if cancel.is_set():
                 return
@@ -265,8 +259,9 @@ class TransformersEngine:
             "eos_token_id": eos,
             "pad_token_id": pad,
         }
-        if self.temperature > 0:
-            options.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        if self.policy.temperature > 0:
+            options.update(do_sample=True, temperature=self.policy.temperature,
+                           top_p=self.policy.top_p)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return options
