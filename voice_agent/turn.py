@@ -56,7 +56,11 @@ class TurnOutput(Protocol):
 
 
 @dataclass
-class _Progress:
+class _Turn:
+    """One turn's state, shared by the steps that run it."""
+
+    turn_id: int
+    out: TurnOutput
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     transcript: str = ""
@@ -64,6 +68,10 @@ class _Progress:
     """The emotion tag, sent to the model as a system message right before the words."""
     rate_factor: float = 1.0
     """Speaking-rate factor of this reply, from the emotion tag."""
+    sentences: asyncio.Queue[str | None] = field(
+        default_factory=lambda: asyncio.Queue(SENTENCE_QUEUE))
+    """From the LLM to the speaker; None ends it."""
+    chunker: SentenceChunker = field(default_factory=SentenceChunker)
     reply: list[str] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     audio_samples: int = 0
@@ -77,6 +85,15 @@ class _Progress:
 
     def mark(self, name: str) -> None:
         self.timings.setdefault(name, round((time.perf_counter() - self.started) * 1000, 1))
+
+    async def queue_sentence(self, sentence: str) -> None:
+        self.mark("first_sentence_ms")
+        await self.sentences.put(sentence)
+
+    async def queue_rest(self) -> None:
+        """Whatever the chunker still holds, as sentences."""
+        for sentence in self.chunker.finish():
+            await self.queue_sentence(sentence)
 
 
 class TurnRunner:
@@ -97,14 +114,14 @@ class TurnRunner:
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput
     ) -> TurnDone:
         """Run the turn; returns its terminal event (also when cancelled or failed)."""
-        progress = _Progress()
-        progress.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
+        turn = _Turn(turn_id, out)
+        turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
         try:
-            await self._run(turn_id, audio, progress, out)
-            if not progress.transcript:
+            await self._run(turn, audio)
+            if not turn.transcript:
                 status = "empty"
-            elif progress.error is not None:
+            elif turn.error is not None:
                 status = "error"
         except asyncio.CancelledError:
             status = "cancelled"
@@ -118,60 +135,45 @@ class TurnRunner:
                 log.exception("turn %d failed unexpectedly", turn_id)
             await out.event(ErrorEvent(code=error.code, message=str(error),
                                        transient=error.transient, turn_id=turn_id))
-        if progress.transcript and progress.answer_started:
-            self.conversation.add(progress.transcript, " ".join(progress.spoken),
-                                  note=progress.note)
-        progress.mark("total_ms")
+        if turn.transcript and turn.answer_started:
+            self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
+        turn.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
             status=status,
-            transcript=progress.transcript,
-            reply_text="".join(progress.reply).strip(),
-            engine=progress.engine,
-            audio_samples=progress.audio_samples,
-            timings_ms=progress.timings,
-            fallbacks=progress.fallbacks,
+            transcript=turn.transcript,
+            reply_text="".join(turn.reply).strip(),
+            engine=turn.engine,
+            audio_samples=turn.audio_samples,
+            timings_ms=turn.timings,
+            fallbacks=turn.fallbacks,
         )
 
-    async def _run(
-        self,
-        turn_id: int,
-        audio: Int16Array,
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
+    async def _run(self, turn: _Turn, audio: Int16Array) -> None:
         engines, config = self._engines, self._config
         transcript = await call_in_thread(
             lambda: engines.asr.transcribe(audio), engines.asr_executor,
             timeout_s=config.asr.timeout_s, what="speech recognition",
         )
-        progress.mark("asr_ms")
-        progress.transcript = transcript.text
-        await out.event(TranscriptEvent(turn_id=turn_id, text=transcript.text,
-                                        asr_ms=progress.timings["asr_ms"]))
+        turn.mark("asr_ms")
+        turn.transcript = transcript.text
+        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=transcript.text,
+                                             asr_ms=turn.timings["asr_ms"]))
         if not any(ch.isalnum() for ch in transcript.text):
-            progress.transcript = ""
+            turn.transcript = ""
             return
-        progress.note = await self._hear_emotion(turn_id, audio, transcript, progress, out)
-        sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE)
-        speaker = asyncio.create_task(self._speak(sentences, progress, out))
+        turn.note = await self._hear_emotion(turn, audio, transcript)
+        speaker = asyncio.create_task(self._speak(turn))
         try:
-            await self._think(turn_id, transcript.text, sentences, progress, out)
-            await sentences.put(None)
+            await self._think(turn)
+            await turn.sentences.put(None)
             await speaker
         finally:
             if not speaker.done():
                 speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=True)
 
-    async def _hear_emotion(
-        self,
-        turn_id: int,
-        audio: Int16Array,
-        transcript: Transcript,
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> str:
+    async def _hear_emotion(self, turn: _Turn, audio: Int16Array, transcript: Transcript) -> str:
         """Tag how the person sounds, tell the client, and return the note for the LLM
         ("" for none). A failure here costs the turn its tag, never its answer."""
         config = self._config.emotion
@@ -184,78 +186,59 @@ class TurnRunner:
                 analyze, audio, transcript.text, language=transcript.language,
                 words=transcript.words, tracker=self.emotion)
         except Exception:
-            log.exception("turn %d: emotion analysis failed", turn_id)
+            log.exception("turn %d: emotion analysis failed", turn.turn_id)
             return ""
-        progress.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        turn.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
         if config.shape_speech:
-            progress.rate_factor = reply_length_scale(tag)
+            turn.rate_factor = reply_length_scale(tag)
         fields = tag.as_dict()  # rounded for the wire
         cues = fields.pop("prosody")
-        await out.event(EmotionEvent(turn_id=turn_id, cues=cues, **fields,
-                                     length_scale=round(progress.rate_factor, 3)))
+        await turn.out.event(EmotionEvent(turn_id=turn.turn_id, cues=cues, **fields,
+                                          length_scale=round(turn.rate_factor, 3)))
         return tag_note(tag) if config.tag_prompt else ""
 
-    async def _think(
-        self,
-        turn_id: int,
-        text: str,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
-        """Answer with the first engine of the chain that can; see ``llm.chain``.
-
-        ``text`` is the transcript; ``progress.note`` (the emotion tag) goes before it."""
+    async def _think(self, turn: _Turn) -> None:
+        """Answer with the first engine of the chain that can; see ``llm.chain``. The
+        emotion note (``turn.note``) goes right before the transcript."""
         chain = self._engines.llm
-        messages = self.conversation.messages(text, progress.note)
-        untagged = self.conversation.messages(text) if progress.note else None
-        chunker = SentenceChunker()
+        messages = self.conversation.messages(turn.transcript, turn.note)
+        untagged = self.conversation.messages(turn.transcript) if turn.note else None
         llm_started = time.perf_counter()
         for engine in chain.candidates():
             try:
                 try:
-                    await self._answer_with(engine, messages, turn_id, chunker, sentences,
-                                            progress, out, llm_started)
+                    await self._answer_with(engine, messages, turn, llm_started)
                 except EngineError as exc:
                     if exc.code != "llm_empty" or untagged is None:
                         raise
                     # A small model may answer a tagged turn with nothing but a copy of the
                     # tag (about 2% of turns with the embedded one): ask once more without it.
                     log.info("turn %d: %s answered nothing; asking without the emotion tag",
-                             turn_id, engine.name)
-                    await self._answer_with(engine, untagged, turn_id, chunker, sentences,
-                                            progress, out, llm_started)
+                             turn.turn_id, engine.name)
+                    await self._answer_with(engine, untagged, turn, llm_started)
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
                 chain.record(engine, success=False)
-                progress.fallbacks[engine.name] = error.code
-                log.warning("turn %d: %s failed (%s: %s)", turn_id, engine.name, error.code, exc)
-                if progress.answer_started:
+                turn.fallbacks[engine.name] = error.code
+                log.warning("turn %d: %s failed (%s: %s)", turn.turn_id, engine.name,
+                            error.code, exc)
+                if turn.answer_started:
                     # Part of this answer was already shown and spoken: another engine would
                     # start it again. End it with an apology instead.
-                    progress.engine, progress.error = engine.name, error
-                    await self._apologize(turn_id, error, chunker, sentences, progress, out)
+                    turn.engine, turn.error = engine.name, error
+                    await self._apologize(turn, error)
                     return
-                progress.error = error
+                turn.error = error
                 continue
             chain.record(engine, success=True)
-            progress.engine, progress.error = engine.name, None
-            for sentence in chunker.finish():
-                await self._queue_sentence(sentence, sentences, progress)
+            turn.engine, turn.error = engine.name, None
+            await turn.queue_rest()
             return
-        assert progress.error is not None  # noqa: S101 - the loop ran and every engine failed
-        await self._apologize(turn_id, progress.error, chunker, sentences, progress, out)
+        assert turn.error is not None  # noqa: S101 - the loop ran and every engine failed
+        await self._apologize(turn, turn.error)
 
     async def _answer_with(
-        self,
-        engine: LlmEngine,
-        messages: list[ChatMessage],
-        turn_id: int,
-        chunker: SentenceChunker,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-        llm_started: float,
+        self, engine: LlmEngine, messages: list[ChatMessage], turn: _Turn, llm_started: float
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
@@ -270,114 +253,78 @@ class TurnRunner:
         )
         async with aclosing(tokens):
             async for piece in tokens:
-                progress.timings.setdefault(
+                turn.timings.setdefault(
                     "llm_first_token_ms", round((time.perf_counter() - llm_started) * 1000, 1))
                 filtered = reasoning.feed(piece)
                 if filtered.reasoning:
                     reasoning_pieces += 1
                     if self._send_reasoning:
-                        await out.event(ReasoningText(turn_id=turn_id, delta=filtered.reasoning))
-                if not filtered.speech and not progress.answer_started:
+                        await turn.out.event(ReasoningText(turn_id=turn.turn_id,
+                                                           delta=filtered.reasoning))
+                if not filtered.speech and not turn.answer_started:
                     thinking_s = time.perf_counter() - started
                     if (not acknowledged and reasoning_pieces and config.reasoning_ack_s
                             and thinking_s >= config.reasoning_ack_s):
                         acknowledged = True
-                        await self._say(turn_id, config.reasoning_ack_text, sentences, progress,
-                                        out)
+                        await self._say(turn, config.reasoning_ack_text)
                     if (thinking_s > config.reasoning_budget_s
                             or reasoning_pieces > config.reasoning_budget_tokens):
                         raise EngineError(
                             f"{engine.name} reasoned {thinking_s:.1f} s ({reasoning_pieces} "
                             "pieces) without an answer", code="reasoning_budget")
-                await self._speakable(turn_id, echo.feed(filtered.speech), chunker, sentences,
-                                      progress, out)
-        rest = echo.feed(reasoning.finish().speech) + echo.finish()
-        await self._speakable(turn_id, rest, chunker, sentences, progress, out)
-        if not progress.answer_started:
+                await self._speakable(turn, echo.feed(filtered.speech))
+        await self._speakable(turn, echo.feed(reasoning.finish().speech) + echo.finish())
+        if not turn.answer_started:
             raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
 
-    async def _say(
-        self,
-        turn_id: int,
-        text: str,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
+    @staticmethod
+    async def _say(turn: _Turn, text: str) -> None:
         """Speak a fixed sentence (acknowledgement, apology) as part of the reply."""
-        delta = f" {text}" if progress.reply else text
-        progress.reply.append(delta)
-        await out.event(ReplyText(turn_id=turn_id, delta=delta))
-        await self._queue_sentence(text, sentences, progress)
+        delta = f" {text}" if turn.reply else text
+        turn.reply.append(delta)
+        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=delta))
+        await turn.queue_sentence(text)
 
-    async def _apologize(
-        self,
-        turn_id: int,
-        error: VoiceAgentError,
-        chunker: SentenceChunker,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
-        await out.event(ErrorEvent(code=error.code, message=str(error),
-                                   transient=error.transient, turn_id=turn_id))
+    async def _apologize(self, turn: _Turn, error: VoiceAgentError) -> None:
+        await turn.out.event(ErrorEvent(code=error.code, message=str(error),
+                                        transient=error.transient, turn_id=turn.turn_id))
         # What was shown is also spoken, so text and audio tell the same story.
-        for sentence in chunker.finish():
-            await self._queue_sentence(sentence, sentences, progress)
-        await self._say(turn_id, self._config.llm.apology_text, sentences, progress, out)
+        await turn.queue_rest()
+        await self._say(turn, self._config.llm.apology_text)
 
-    async def _speakable(
-        self,
-        turn_id: int,
-        text: str,
-        chunker: SentenceChunker,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
-        if not progress.answer_started:
+    @staticmethod
+    async def _speakable(turn: _Turn, text: str) -> None:
+        if not turn.answer_started:
             text = text.lstrip()
         if not text:
             return
-        if progress.reply and not progress.answer_started:
+        if turn.reply and not turn.answer_started:
             text = " " + text  # after an acknowledgement
-        progress.answer_started = True
-        progress.reply.append(text)
-        await out.event(ReplyText(turn_id=turn_id, delta=text))
-        for sentence in chunker.feed(text):
-            await self._queue_sentence(sentence, sentences, progress)
+        turn.answer_started = True
+        turn.reply.append(text)
+        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=text))
+        for sentence in turn.chunker.feed(text):
+            await turn.queue_sentence(sentence)
 
-    @staticmethod
-    async def _queue_sentence(
-        sentence: str, sentences: asyncio.Queue[str | None], progress: _Progress
-    ) -> None:
-        progress.mark("first_sentence_ms")
-        await sentences.put(sentence)
-
-    async def _speak(
-        self,
-        sentences: asyncio.Queue[str | None],
-        progress: _Progress,
-        out: TurnOutput,
-    ) -> None:
+    async def _speak(self, turn: _Turn) -> None:
         tts, config = self._engines.tts, self._config.tts
         resampler = StreamResampler(tts.sample_rate, self._output_rate)
         frame = max(1, self._output_rate * AUDIO_FRAME_MS // 1000)
-        while (sentence := await sentences.get()) is not None:
+        while (sentence := await turn.sentences.get()) is not None:
             synth_started = time.perf_counter()
             chunks = iterate_in_thread(
-                functools.partial(self._synthesize, sentence, progress.rate_factor),
+                functools.partial(self._synthesize, sentence, turn.rate_factor),
                 self._engines.tts_executor, first_timeout_s=config.timeout_s,
                 next_timeout_s=config.timeout_s, what="speech synthesis",
             )
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    if "tts_first_chunk_ms" not in progress.timings:
-                        progress.timings["tts_first_chunk_ms"] = round(
+                    if "tts_first_chunk_ms" not in turn.timings:
+                        turn.timings["tts_first_chunk_ms"] = round(
                             (time.perf_counter() - synth_started) * 1000, 1)
-                    await self._send_audio(resampler.process(chunk), frame, progress, out)
-            progress.spoken.append(sentence)
-        await self._send_audio(resampler.flush(), frame, progress, out)
+                    await self._send_audio(turn, resampler.process(chunk), frame)
+            turn.spoken.append(sentence)
+        await self._send_audio(turn, resampler.flush(), frame)
 
     def _synthesize(
         self, text: str, rate_factor: float, stop: threading.Event
@@ -385,11 +332,9 @@ class TurnRunner:
         return self._engines.tts.synthesize(text, stop, rate_factor=rate_factor)
 
     @staticmethod
-    async def _send_audio(
-        samples: Int16Array, frame: int, progress: _Progress, out: TurnOutput
-    ) -> None:
+    async def _send_audio(turn: _Turn, samples: Int16Array, frame: int) -> None:
         for start in range(0, samples.size, frame):
             piece = np.asarray(samples[start : start + frame], dtype="<i2")
-            progress.mark("first_audio_ms")
-            progress.audio_samples += piece.size
-            await out.audio(piece.tobytes())
+            turn.mark("first_audio_ms")
+            turn.audio_samples += piece.size
+            await turn.out.audio(piece.tobytes())
