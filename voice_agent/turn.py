@@ -202,19 +202,19 @@ class TurnRunner:
         emotion note (``turn.note``) goes right before the transcript."""
         chain = self._engines.llm
         messages = self.conversation.messages(turn.transcript, turn.note)
-        untagged = self.conversation.messages(turn.transcript) if turn.note else None
         llm_started = time.perf_counter()
         for engine in chain.candidates():
             try:
                 try:
                     await self._answer_with(engine, messages, turn, llm_started)
                 except EngineError as exc:
-                    if exc.code != "llm_empty" or untagged is None:
+                    if exc.code != "llm_empty" or not turn.note:
                         raise
                     # A small model may answer a tagged turn with nothing but a copy of the
                     # tag (about 2% of turns with the embedded one): ask once more without it.
                     log.info("turn %d: %s answered nothing; asking without the emotion tag",
                              turn.turn_id, engine.name)
+                    untagged = self.conversation.messages(turn.transcript)
                     await self._answer_with(engine, untagged, turn, llm_started)
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
