@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from voice_agent.server.protocol import TurnDone
 from voice_agent.session import Action, CancelTurn, Close, Emit, Session, StartTurn
 from voice_agent.turn import TurnOutput, TurnRunner
 
@@ -25,8 +26,13 @@ class SessionDriver:
         runner: TurnRunner,
         out: TurnOutput,
         on_close: Callable[[str], Awaitable[None]],
+        *,
+        on_turn_done: Callable[[TurnDone], None] | None = None,
     ) -> None:
+        """``on_turn_done`` is told every turn's terminal event exactly once, whether or not
+        the output could still take it (metrics and the audit log record it there)."""
         self.session = session
+        self._on_turn_done = on_turn_done
         self.runner = runner
         self._out = out
         self._on_close = on_close
@@ -55,6 +61,11 @@ class SessionDriver:
             # Cancelling a turn stops the engines' work; its terminal event still goes out.
             inner.cancel()
             done = await inner
+        if self._on_turn_done is not None:
+            try:
+                self._on_turn_done(done)
+            except Exception:  # recording must never cost the person the turn's end
+                log.exception("turn %d: recording its end failed", action.turn_id)
         try:
             await self._out.event(done)
             await self.execute(self.session.turn_finished(action.turn_id))
