@@ -238,6 +238,32 @@ class ServerConfig:
 
 
 @dataclass
+class AuditConfig:
+    enabled: bool = True
+    """Keep an append-only record of every turn (SQLite, WAL): session, turn, times, client
+    address, engine, status, error codes, timings. Never audio."""
+    path: str = ""
+    """The SQLite file. Empty: ``$STATE_DIRECTORY/audit.sqlite3`` when systemd provides a
+    state directory (the unit does), else no audit log (a workstation run writes nothing)."""
+    text: bool = False
+    """Also record each turn's transcript and reply text. Off by default: what people say
+    is theirs; turn it on only where policy allows keeping it."""
+    max_rows: int = 100_000
+    """Turns kept; older rows are deleted as new ones come (0 keeps everything)."""
+    queue_size: int = 1000
+    """Turns waiting for the writer thread; beyond this a turn's row is dropped and logged
+    as an error (the disk is far behind), never blocking a conversation."""
+    commit_wait_s: float = 2.0
+    """``turn_done`` is sent once the turn's row is committed (normally milliseconds), so a
+    turn a client saw end is in the log; past this wait it is sent anyway (and logged)."""
+
+    def validate(self) -> None:
+        _check(self.max_rows >= 0, "audit.max_rows must be >= 0")
+        _check(0 <= self.commit_wait_s <= 60, "audit.commit_wait_s must be 0..60")
+        _check(1 <= self.queue_size <= 1_000_000, "audit.queue_size must be 1..1000000")
+
+
+@dataclass
 class ModelsConfig:
     manifest: str = ""
     """Path of the model manifest (TOML); empty uses the ``models/manifest.toml`` shipped
@@ -268,6 +294,8 @@ class Config:
     """Network endpoint."""
     models: ModelsConfig = field(default_factory=ModelsConfig)
     """Model manifest."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """The audit log of turns."""
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

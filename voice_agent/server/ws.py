@@ -23,10 +23,14 @@ from websockets.http11 import Request, Response
 from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import check_rate
 from voice_agent.audio.vad import make_vad
+from voice_agent.audit import AuditLog
 from voice_agent.config import Config
 from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
 from voice_agent.errors import ProtocolError, VoiceAgentError
+from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voice_agent.metrics import Metrics
+from voice_agent.server.observe import Observer, client_host
 from voice_agent.server.protocol import (
     Cancel,
     ClientMessage,
@@ -53,11 +57,13 @@ SEND_TIMEOUT_S = 10.0
 
 
 class Connection:
-    def __init__(self, ws: ServerConnection, engines: Engines, config: Config) -> None:
+    def __init__(self, ws: ServerConnection, engines: Engines, config: Config,
+                 observer: Observer | None = None) -> None:
         self.ws = ws
         self.engines = engines
         self.config = config
         self.session_id = uuid.uuid4().hex[:12]
+        self._obs = (observer or Observer()).session(self.session_id, client_host(ws))
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._errors = 0
@@ -67,6 +73,7 @@ class Connection:
     # --- sending ---------------------------------------------------------------------
 
     async def event(self, event: ServerEvent) -> None:
+        await self._obs.before_send(event)
         async with self._send_lock:
             self._seq += 1
             text = encode(dataclasses.replace(event, seq=self._seq))
@@ -97,6 +104,7 @@ class Connection:
                 await self._driver.stop()
                 log.info("session %s ended: %s", self.session_id,
                          self._driver.session.input_stats())
+                self._obs.closed(self._driver.session.input_stats())
 
     async def _await_start(self) -> Start | None:
         loop = asyncio.get_running_loop()
@@ -133,7 +141,9 @@ class Connection:
             input_rate=start.sample_rate,
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
-        self._driver = driver = SessionDriver(session, runner, self, self._close)
+        self._driver = driver = SessionDriver(session, runner, self, self._close,
+                                              on_turn_done=self._obs.turn_done)
+        self._obs.opened()
         await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
                                output_sample_rate=output_rate))
         log.info("session %s started (%d Hz in, %d Hz out)", self.session_id,
@@ -179,6 +189,8 @@ class VoiceServer:
         self._server: Server | None = None
         self._probes: asyncio.Task[None] | None = None
         self._active = 0
+        self.metrics = Metrics(engines.llm, engines.load_seconds)
+        self.observer = Observer(self.metrics)
 
     @property
     def port(self) -> int:
@@ -187,6 +199,8 @@ class VoiceServer:
 
     async def start(self) -> VoiceServer:
         cfg = self.config.server
+        audit = AuditLog.from_config(self.config.audit)
+        self.observer.audit = audit.open() if audit is not None else None
         self._server = await serve(
             self._handle,
             cfg.host,
@@ -209,6 +223,10 @@ class VoiceServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self.observer.audit is not None:
+            # In a thread: it waits for the queued rows to be written.
+            await asyncio.to_thread(self.observer.audit.close)
+            self.observer.audit = None
 
     async def __aenter__(self) -> VoiceServer:
         return await self.start()
@@ -217,23 +235,43 @@ class VoiceServer:
         await self.stop()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path in ("/healthz", "/readyz"):
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            reason = self._not_ready()
+            if reason:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+            return response
         if request.path == "/status":
             # Which LLM engines are in service (circuit breaker states), for operators.
             body = json.dumps({"sessions": self._active, "llm": self.engines.llm.status()})
             return connection.respond(HTTPStatus.OK, body + "\n")
         return None
 
+    def _not_ready(self) -> str:
+        """Why no turn could be answered now ("" when one can); says nothing private."""
+        if self._server is None:
+            return "not listening"
+        if not any(link["state"] == "closed" for link in self.engines.llm.status()):
+            return "no LLM engine available"
+        return ""
+
     async def _handle(self, ws: ServerConnection) -> None:
         if self._active >= self.config.server.max_sessions:
+            self.observer.error("overloaded")
             await ws.send(encode(ErrorEvent(code="overloaded", transient=True,
                                             message="too many sessions; try again later")))
             await ws.close(1013, "too many sessions")
             return
         self._active += 1
         try:
-            await Connection(ws, self.engines, self.config).serve()
+            await Connection(ws, self.engines, self.config, self.observer).serve()
         except Exception:
             log.exception("session failed")
             await ws.close(1011, "internal error")
