@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +59,27 @@ async def stream_file(
     trailing_silence_s: float = 2.0,
     realtime: bool = True,
     timeout_s: float = 120.0,
+    token: str | None = None,
+    ca_file: str | None = None,
 ) -> ClientResult:
     """Stream ``path`` to the appliance at ``url`` and collect everything it answers."""
     samples, rate = read_audio(path, rate=None)
     return await stream_samples(samples, rate, url, output_rate=output_rate,
                                 trailing_silence_s=trailing_silence_s, realtime=realtime,
-                                timeout_s=timeout_s)
+                                timeout_s=timeout_s, token=token, ca_file=ca_file)
+
+
+def connect_options(url: str, *, token: str | None = None,
+                    ca_file: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``websockets`` ``connect``: the bearer token as an
+    ``Authorization`` header, and for ``wss://`` a TLS context trusting ``ca_file`` (a
+    self-signed appliance certificate) besides the system's CAs."""
+    options: dict[str, Any] = {"max_size": None}
+    if token:
+        options["additional_headers"] = {"Authorization": f"Bearer {token}"}
+    if url.startswith("wss://") and ca_file:
+        options["ssl"] = ssl.create_default_context(cafile=ca_file)
+    return options
 
 
 async def stream_samples(
@@ -75,6 +91,8 @@ async def stream_samples(
     trailing_silence_s: float = 2.0,
     realtime: bool = True,
     timeout_s: float = 120.0,
+    token: str | None = None,
+    ca_file: str | None = None,
 ) -> ClientResult:
     result = ClientResult(output_sample_rate=output_rate or rate)
     speech_end = last_speech_sample(samples, rate)
@@ -84,7 +102,7 @@ async def stream_samples(
     first_reply: list[float] = []
     pieces: list[bytes] = []
 
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, **connect_options(url, token=token, ca_file=ca_file)) as ws:
         await ws.send(encode(Start(sample_rate=rate, output_sample_rate=output_rate)))
 
         async def receive() -> None:

@@ -215,11 +215,52 @@ class ServerConfig:
     port: int = 8765
     """TCP port; 0 picks a free one (printed on start)."""
     max_sessions: int = 8
-    """Connections beyond this are refused with ``overloaded``."""
-    max_message_bytes: int = 1 << 20
-    """Largest WebSocket message accepted; bigger is a protocol violation (close 1009)."""
-    input_queue_frames: int = 500
-    """Bounded per-session input queue (messages); overflow drops audio, counted."""
+    """Started sessions (``start`` received) beyond this are refused with ``overloaded``
+    (close 1013). Sockets that have not sent ``start`` do not count: they are bounded by
+    ``max_connections_per_address`` and ``start_timeout_s``."""
+    max_message_bytes: int = 64 << 10
+    """Largest WebSocket message accepted (2 s of 16 kHz audio); bigger is a protocol
+    violation (close 1009). Also bounds the audio DSP done for one message."""
+    input_queue_frames: int = 16
+    """Inbound messages buffered per connection before the server stops reading the socket
+    (TCP backpressure on the sender)."""
+    token: str = field(default="", repr=False)
+    """Bearer token clients must present (``Authorization: Bearer``, ``?token=`` or the
+    ``start`` message's ``token``); also guards ``/status`` and ``/metrics``. Empty: none,
+    allowed only on loopback (or with ``allow_anonymous``). Never logged."""
+    token_file: str = ""
+    """A file holding the token (read once at start, whitespace stripped), e.g. a systemd
+    credential: a relative path is looked up in ``$CREDENTIALS_DIRECTORY``."""
+    allow_anonymous: bool = False
+    """Serve beyond loopback without a token. Off: a non-loopback ``host`` without a token
+    refuses to start."""
+    origins: list[str] = field(default_factory=list)
+    """Browser origins allowed to connect (``https://kiosk.example:8443``; ``*``: any). A
+    request with an ``Origin`` header not listed is refused (403); empty: no browser page,
+    only clients that send no ``Origin``."""
+    tls_cert: str = ""
+    """PEM certificate (chain) file: serve ``wss://`` and ``https://``. Empty: plain TCP."""
+    tls_key: str = ""
+    """PEM private key for ``tls_cert`` (empty: the key is in the certificate file)."""
+    max_connections_per_address: int = 4
+    """Open WebSocket connections per client IP address (started or not); more are refused
+    (HTTP 429 on the upgrade)."""
+    start_timeout_s: float = 10.0
+    """A connection must send ``start`` within this (else ``start_timeout``, close 1008)."""
+    turns_per_minute: int = 20
+    """Utterances per session in any 60 s; beyond it an utterance gets ``rate_limited`` and a
+    ``turn_done`` with status ``error``, and is not answered."""
+    idle_timeout_s: float = 30.0
+    """A started session that sends no audio for this long, while no reply is running, ends
+    (``session_end`` reason ``idle``, close 1000)."""
+    max_session_s: float = 1800.0
+    """Longest session; then it ends (``session_end`` reason ``max_duration``, close 1000)."""
+    max_input_speed: float = 1.5
+    """Audio sent faster than this many times real time (after ``input_burst_s``) is dropped
+    unprocessed and counted as ``dropped_too_fast``; 0 turns the check off."""
+    input_burst_s: float = 10.0
+    """Seconds of audio a client may send ahead of ``max_input_speed`` (a file sent fast,
+    network jitter)."""
     ping_interval_s: float = 20.0
     """WebSocket keepalive ping interval."""
     ping_timeout_s: float = 20.0
@@ -233,7 +274,17 @@ class ServerConfig:
         _check(0 <= self.port <= 65535, "server.port must be 0..65535")
         _check(1 <= self.max_sessions <= 1024, "server.max_sessions must be 1..1024")
         _check(1024 <= self.max_message_bytes <= 64 << 20, "server.max_message_bytes range")
-        _check(10 <= self.input_queue_frames <= 100_000, "server.input_queue_frames range")
+        _check(2 <= self.input_queue_frames <= 100_000, "server.input_queue_frames range")
+        _check(bool(self.tls_cert) or not self.tls_key, "server.tls_key needs server.tls_cert")
+        _check(1 <= self.max_connections_per_address <= 1024,
+               "server.max_connections_per_address must be 1..1024")
+        _check(0.1 <= self.start_timeout_s <= 300, "server.start_timeout_s must be 0.1..300")
+        _check(1 <= self.turns_per_minute <= 10_000, "server.turns_per_minute must be 1..10000")
+        _check(0.1 <= self.idle_timeout_s <= 86_400, "server.idle_timeout_s must be 0.1..86400")
+        _check(1 <= self.max_session_s <= 7 * 86_400, "server.max_session_s must be 1..604800")
+        _check(self.max_input_speed == 0 or 1.0 <= self.max_input_speed <= 100,
+               "server.max_input_speed must be 0 (off) or 1..100")
+        _check(0 <= self.input_burst_s <= 600, "server.input_burst_s must be 0..600")
         _check(self.max_errors >= 1, "server.max_errors must be >= 1")
 
 
@@ -386,6 +437,9 @@ def load_config(
 
 
 def describe(config: Config) -> dict[str, dict[str, Any]]:
-    """The effective settings as plain data (for ``doctor`` and logs)."""
-    return dataclasses.asdict(config)
+    """The effective settings as plain data (for ``doctor`` and logs); the token is masked."""
+    data = dataclasses.asdict(config)
+    if data["server"]["token"]:
+        data["server"]["token"] = "(set)"
+    return data
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,13 @@ from voice_agent.audio.vad import (
     VoiceDetector,
 )
 from voice_agent.config import VadConfig
-from voice_agent.server.protocol import ServerEvent, SpeechStarted, SpeechStopped
+from voice_agent.server.protocol import (
+    ErrorEvent,
+    ServerEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDone,
+)
 
 
 class State(enum.Enum):
@@ -93,8 +100,13 @@ class Session:
         vad: VoiceDetector,
         input_rate: int,
         barge_in: bool = True,
+        turn_gate: Callable[[], bool] | None = None,
     ) -> None:
+        """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
+        refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
+        once, and is not answered."""
         self.state = State.LISTENING
+        self._turn_gate = turn_gate
         self.barge_in = barge_in
         self._frontend = frontend
         self._vad = vad
@@ -130,6 +142,12 @@ class Session:
             actions.extend(self._frame(frame))
         return actions
 
+    def drop(self, pcm: bytes, reason: str) -> None:
+        """Count client PCM the owner refused unprocessed (``too_fast``), in pipeline
+        samples; it does not advance stream time."""
+        samples = bytes_to_int16(pcm)
+        self.dropped[reason] += samples.size * PIPELINE_RATE // self._resampler.rate_in
+
     def _frame(self, frame: Int16Array) -> list[Action]:
         if self.muted or (self.state is State.RESPONDING and not self.barge_in):
             self.dropped["muted" if self.muted else "responding"] += frame.size
@@ -157,6 +175,8 @@ class Session:
                 speech_end_ms=event.speech_end_ms,
                 reason=event.reason,
             )))
+            if self._turn_gate is not None and not self._turn_gate():
+                return actions + self._refuse_turn(self._turn_id)
             actions.append(StartTurn(
                 turn_id=self._turn_id,
                 audio=event.audio,
@@ -168,6 +188,16 @@ class Session:
         elif isinstance(event, SpeechDiscarded) and self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
         return actions
+
+    def _refuse_turn(self, turn_id: int) -> list[Action]:
+        if self.state is State.USER_SPEAKING:
+            self.state = State.LISTENING
+        return [
+            Emit(ErrorEvent(code="rate_limited", transient=True, turn_id=turn_id,
+                            message="too many turns this minute; this one was not answered")),
+            Emit(TurnDone(turn_id=turn_id, status="error", transcript="", reply_text="",
+                          engine="", audio_samples=0)),
+        ]
 
     def cancel(self) -> list[Action]:
         """The client asked to stop the current reply."""

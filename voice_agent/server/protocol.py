@@ -31,6 +31,9 @@ class Start:
     """Rate of the reply PCM; defaults to ``sample_rate``."""
     reasoning: bool = False
     """Also send the model's reasoning (``<think>`` text) as ``reasoning`` events. It is never
+    token: str | None = field(default=None, repr=False)
+    """The access token, for clients that cannot send ``Authorization`` (browsers) and do not
+    put it in the URL. Never echoed or logged."""
     spoken nor part of ``reply_text``."""
 
 
@@ -212,6 +215,7 @@ _CHECKS: dict[str, Any] = {
     "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
+    "str | None": lambda v: v is None or isinstance(v, str),
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "dict[str, float]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
@@ -251,7 +255,8 @@ def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
         if spec is None:
             raise ProtocolError(f"{kind}: unknown field {name!r}", code="bad_field")
         if not _CHECKS[str(spec.type)](value):
-            raise ProtocolError(f"{kind}.{name}: expected {spec.type}, got {value!r}",
+            shown = "a hidden value" if name == "token" else repr(value)  # never echo secrets
+            raise ProtocolError(f"{kind}.{name}: expected {spec.type}, got {shown}",
                                 code="bad_field")
     missing = [
         n for n, f in fields.items()
