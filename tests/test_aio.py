@@ -229,3 +229,64 @@ async def test_call_in_thread_re_raises(executor: ThreadPoolExecutor) -> None:
 
     with pytest.raises(KeyError, match="missing"):
         await call_in_thread(fail, executor, timeout_s=2, what="asr")
+
+
+async def test_on_done_comes_once_the_engine_really_finished(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A consumer that times out leaves; the engine call ends later, and only then is the
+    engine free (``on_done``): an engine queue relies on this to never overlap two calls."""
+    release = threading.Event()
+    events: list[str] = []
+    done = threading.Event()
+
+    def make(stop: threading.Event) -> Iterator[int]:
+        try:
+            release.wait(5.0)  # a native call that does not look at ``stop``
+            yield 1
+        finally:
+            events.append("engine cleaned up")
+
+    def on_done() -> None:
+        events.append("done")
+        done.set()
+
+    generator = iterate_in_thread(make, executor, first_timeout_s=0.2, next_timeout_s=1,
+                                  what="engine", on_done=on_done)
+    with pytest.raises(EngineTimeout):
+        async with contextlib.aclosing(generator) as stream:
+            async for _ in stream:
+                pass
+    await asyncio.sleep(0.1)
+    assert events == []  # the consumer is gone, the engine is not done
+    release.set()
+    assert await asyncio.to_thread(done.wait, 2.0)
+    await asyncio.sleep(0.05)
+    assert events == ["engine cleaned up", "done"]
+
+
+@pytest.mark.parametrize("stop_after", [None, 1])
+async def test_on_done_after_a_normal_end_or_an_early_break(
+    executor: ThreadPoolExecutor, stop_after: int | None
+) -> None:
+    events: list[str] = []
+    done = threading.Event()
+
+    def make(stop: threading.Event) -> Iterator[int]:
+        try:
+            yield from range(3)
+        finally:
+            events.append("closed")
+
+    def on_done() -> None:
+        events.append("done")
+        done.set()
+
+    generator = iterate_in_thread(make, executor, first_timeout_s=2, next_timeout_s=2,
+                                  what="engine", on_done=on_done, max_pending=1)
+    async with contextlib.aclosing(generator) as stream:
+        async for item in stream:
+            if item == stop_after:
+                break
+    assert await asyncio.to_thread(done.wait, 2.0)
+    assert events == ["closed", "done"]

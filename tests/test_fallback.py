@@ -120,7 +120,7 @@ async def test_breaker_opens_then_the_probe_brings_the_primary_back(
 
     primary.healthy = True
     time.sleep(0.25)
-    await chain.probe_due_engines(engines.llm_executor)
+    await chain.probe_due_engines()
     assert chain.status()[0]["state"] == "closed"
     done, _, _ = await answer(run, utterance)
     assert done.engine == "primary" and done.reply_text == "The primary answers."
@@ -156,3 +156,49 @@ async def test_http_primary_that_never_answers_or_refuses_falls_back(
     assert done.audio_samples > 8000
     assert seconds < 1.0 + 6.0  # the 1 s first-token timeout, plus ASR, LLM and TTS
     assert_no_words_twice(done, out)
+
+
+async def test_with_the_default_timeouts_a_hung_primary_costs_about_three_seconds(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    """The defaults suit a voice product: the fallback speaks ~3 s after the primary went
+    silent (it was 10 s), and the turn says how long it queued and how fast the engine was."""
+    config = make_config()
+    hung = ScriptedLlm([], then="hang", name="hung")
+    chain = LlmChain([hung, engines.llm.primary], config.llm)
+    run = TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
+    done, out, seconds = await answer(run, utterance)
+    chain.close()
+    assert done.status == "ok" and done.fallbacks == {"hung": "engine_timeout"}
+    limit = config.llm.first_token_timeout_s
+    assert limit <= 3.0
+    assert seconds < limit + 6.0
+    assert done.timings_ms["first_audio_ms"] < (limit + 3.0) * 1000
+    assert done.timings_ms["llm_first_token_ms"] < 2000  # the fallback's own latency
+    assert "llm_queue_ms" in done.timings_ms
+    assert_no_words_twice(done, out)
+
+
+async def test_a_busy_primary_is_skipped_as_overloaded_without_opening_its_breaker(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    """Another session holds the primary longer than the queue allows: this turn goes to
+    the fallback, reports ``overloaded``, and the primary's breaker does not count it."""
+    primary = ScriptedLlm(["The primary answers. "], name="primary")
+    run = runner(engines, primary, queue_timeout_s=0.3, breaker_consecutive_failures=1)
+    chain = run._engines.llm
+    lane = chain.links[0].lane
+    await lane.acquire()  # another session's reply holds the engine
+    try:
+        done, _, _ = await answer(run, utterance)
+    finally:
+        lane.release()
+    assert done.status == "ok" and done.engine == engines.llm.primary.name
+    assert done.fallbacks == {"primary": "overloaded"}
+    assert done.timings_ms["llm_queue_ms"] >= 300
+    assert chain.status()[0]["state"] == "closed"
+    assert chain.status()[0]["consecutive_failures"] == 0
+    assert primary.calls == 0
+    done, _, _ = await answer(run, utterance)
+    assert done.engine == "primary" and done.fallbacks == {}
+    chain.close()

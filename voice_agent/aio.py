@@ -29,6 +29,7 @@ async def iterate_in_thread(
     next_timeout_s: float,
     what: str,
     max_pending: int = 64,
+    on_done: Callable[[], None] | None = None,
 ) -> AsyncGenerator[T, None]:
     """Yield what ``make_iterator(stop)`` yields in a worker thread.
 
@@ -37,6 +38,12 @@ async def iterate_in_thread(
     exit (normal, error, cancellation, or ``aclose()`` by a consumer that stops early) the
     ``stop`` event handed to the engine is set, so it stops at its next item; a worker stuck
     inside an engine call is not waited for. Consume it under ``contextlib.aclosing``.
+
+    ``on_done`` is called from the worker thread once the engine's iterator has really
+    finished (closed, so its ``finally`` blocks and locks are done with), however the
+    consumer ended: an engine queue frees its slot only then, so a timed-out call that is
+    still running never overlaps the next one. It is called exactly once if the generator
+    was started (the hand-off happens on the first ``anext``).
     """
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
@@ -55,14 +62,30 @@ async def iterate_in_thread(
 
     def work() -> None:
         try:
-            for item in make_iterator(cancel):
-                if cancel.is_set() or not hand_over(_ITEM, item):
-                    return
-            hand_over(_END, None)
+            iterator = make_iterator(cancel)
+            try:
+                for item in iterator:
+                    if cancel.is_set() or not hand_over(_ITEM, item):
+                        return
+                hand_over(_END, None)
+            finally:
+                # Close the engine's generator here, in its thread, rather than whenever
+                # it is collected: "done" must mean its cleanup has run.
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
         except BaseException as exc:  # delivered to the consumer, which re-raises it
             hand_over(_ERROR, exc)
+        finally:
+            if on_done is not None:
+                on_done()
 
-    loop.run_in_executor(executor, work)
+    try:
+        loop.run_in_executor(executor, work)
+    except BaseException:  # a shut-down executor: the work never starts
+        if on_done is not None:
+            on_done()
+        raise
     timeout, stage = first_timeout_s, "first output"
     try:
         while True:

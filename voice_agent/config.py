@@ -122,8 +122,20 @@ class LlmConfig:
     """llama.cpp context length."""
     n_threads: int = 0
     """0 uses every core."""
-    first_token_timeout_s: float = 10.0
-    """No first token within this fails the turn (``engine_timeout``)."""
+    first_token_timeout_s: float = 3.0
+    """No first token within this, counted from when the engine starts on the turn (after
+    its queue), fails the engine for the turn (``engine_timeout``): the next engine in the
+    chain answers. Short, because a person is waiting in silence."""
+    first_call_timeout_s: float = 30.0
+    """The first-token limit of an engine's first call when the engine says that call pays a
+    one-off warm-up (``cold_start``: the transformers engine), so a cold load is not failed."""
+    queue_timeout_s: float = 30.0
+    """Longest wait for a busy engine (another session's reply); beyond it the engine is
+    skipped for the turn with ``overloaded``, which does not count against its breaker."""
+    stop_grace_s: float = 1.0
+    """An engine told to stop (timed out, cancelled) gets this long to end its call; one still
+    running after it is wedged: waiters fail with ``engine_timeout`` (counted) instead of
+    queueing behind it, until the call really ends."""
     token_timeout_s: float = 5.0
     """A stall longer than this between tokens fails the turn."""
     breaker_window: int = 20
@@ -174,6 +186,9 @@ class LlmConfig:
         _check(0 <= self.history_turns <= 100, "llm.history_turns must be 0..100")
         _check(256 <= self.n_ctx <= 131072, "llm.n_ctx must be 256..131072")
         _check(self.first_token_timeout_s > 0, "llm.first_token_timeout_s must be > 0")
+        _check(self.first_call_timeout_s > 0, "llm.first_call_timeout_s must be > 0")
+        _check(self.queue_timeout_s > 0, "llm.queue_timeout_s must be > 0")
+        _check(self.stop_grace_s >= 0, "llm.stop_grace_s must be >= 0")
         _check(self.token_timeout_s > 0, "llm.token_timeout_s must be > 0")
 
 

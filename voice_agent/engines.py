@@ -26,12 +26,11 @@ class Engines:
     llm: LlmChain
     tts: TtsEngine
     # One thread per stage: a stage's engine serializes its calls anyway, and separate
-    # pools let LLM decoding and TTS of the previous sentence overlap.
+    # pools let LLM decoding and TTS of the previous sentence overlap. Each LLM engine has
+    # its own queue and thread in the chain (``llm.scheduler``), so a hung primary's thread
+    # never blocks the fallback.
     asr_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="asr")
-    )
-    llm_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="llm")
     )
     tts_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
@@ -39,8 +38,9 @@ class Engines:
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     def close(self) -> None:
-        for pool in (self.asr_executor, self.llm_executor, self.tts_executor):
+        for pool in (self.asr_executor, self.tts_executor):
             pool.shutdown(wait=False, cancel_futures=True)
+        self.llm.close()
 
 
 def load_asr(config: Config, manifest: Manifest) -> WhisperAsr:

@@ -151,7 +151,7 @@ async def run_mic(engines: Engines, config: Config) -> None:
             callback=on_input,
         )
         print("voice-agent: listening on the microphone (Ctrl-C stops)", file=sys.stderr)
-        probes = asyncio.create_task(engines.llm.probe_forever(engines.llm_executor))
+        probes = asyncio.create_task(engines.llm.probe_forever())
         with stream:
             try:
                 while True:

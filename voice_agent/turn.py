@@ -218,7 +218,7 @@ class TurnRunner:
                     await self._answer_with(engine, untagged, turn, llm_started)
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
-                chain.record(engine, success=False)
+                chain.record(engine, success=False, error=error)
                 turn.fallbacks[engine.name] = error.code
                 log.warning("turn %d: %s failed (%s: %s)", turn.turn_id, engine.name,
                             error.code, exc)
@@ -246,15 +246,10 @@ class TurnRunner:
         started = time.perf_counter()
         reasoning_pieces = 0
         acknowledged = False
-        tokens = iterate_in_thread(
-            functools.partial(engine.stream, messages), self._engines.llm_executor,
-            first_timeout_s=config.first_token_timeout_s,
-            next_timeout_s=config.token_timeout_s, what=engine.name,
-        )
+        # Through the engine's queue: llm_queue_ms, then llm_first_token_ms from its start.
+        tokens = self._engines.llm.stream(engine, messages, timings=turn.timings)
         async with aclosing(tokens):
             async for piece in tokens:
-                turn.timings.setdefault(
-                    "llm_first_token_ms", round((time.perf_counter() - llm_started) * 1000, 1))
                 filtered = reasoning.feed(piece)
                 if filtered.reasoning:
                     reasoning_pieces += 1

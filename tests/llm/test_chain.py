@@ -85,15 +85,15 @@ def test_chain_skips_open_engines_and_returns_to_the_primary_after_a_probe() -> 
 
     primary.healthy = False
     now[0] = 11.0
-    asyncio.run(chain.probe_due_engines(None))
+    asyncio.run(chain.probe_due_engines())
     assert primary.calls == 1 and chain.candidates() == [backup]  # probe failed: stays open
 
     primary.healthy = True
     now[0] = 15.0
-    asyncio.run(chain.probe_due_engines(None))
+    asyncio.run(chain.probe_due_engines())
     assert primary.calls == 1  # not due yet: 4 s since the last probe
     now[0] = 21.5
-    asyncio.run(chain.probe_due_engines(None))
+    asyncio.run(chain.probe_due_engines())
     assert primary.calls == 2 and chain.candidates() == [primary, backup]
 
 
@@ -111,6 +111,6 @@ def test_probe_of_an_engine_that_answers_nothing_fails() -> None:
     chain = LlmChain([silent], config(breaker_consecutive_failures=1), clock=lambda: now[0])
     chain.record(silent, success=False)
     now[0] = 60.0
-    asyncio.run(chain.probe_due_engines(None))
+    asyncio.run(chain.probe_due_engines())
     assert silent.calls == 1
     assert chain.status()[0]["state"] == "open"

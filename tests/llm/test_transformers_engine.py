@@ -245,3 +245,42 @@ def test_r1_tokenizer_keeps_think_tags_and_renders_like_llama_cpp(r1_vocab_gguf:
     rendered = tokenizer.apply_chat_template(payload, add_generation_prompt=True, tokenize=False)
     assert rendered == render_prompt(template, messages, tokenizer.bos_token, tokenizer.eos_token)
     assert rendered.endswith("What is the capital of France?<｜Assistant｜>")
+
+
+@pytest.mark.slow
+def test_a_generate_that_outlives_its_stream_keeps_the_model(
+    transformers_engine: LoadedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``generate`` calls never run on one model at once, even when a closed stream's
+    wait for its generation thread runs out (a long prefill does not check the stop flag)."""
+    import voice_agent.llm.transformers_engine as module
+
+    engine = transformers_engine.engine
+    monkeypatch.setattr(module, "_JOIN_S", 0.05)
+    real = engine._model.generate
+    guard = threading.Lock()
+    active, most = [0], [0]
+
+    def generate(**kwargs: Any) -> Any:
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            return real(**kwargs)
+        finally:
+            time.sleep(0.5)  # fault injection: generation ends well after the stop flag
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(engine._model, "generate", generate)
+    first = engine.stream([ChatMessage("user", "Tell me a long story about a fox.")],
+                          threading.Event())
+    assert next(first)
+    closer = threading.Thread(target=first.close)  # the consumer went away
+    closer.start()
+    time.sleep(0.1)
+    second = list(engine.stream(QUESTION, threading.Event()))
+    closer.join(10)
+    assert second
+    assert most[0] == 1, "a second generate ran beside one that had not ended"
+    wait_for_no_generation_thread()

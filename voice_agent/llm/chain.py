@@ -9,6 +9,11 @@ the turn moves to the next one. A breaker opens when its engine's error rate ove
 breaker, so the chain goes back to its primary when it recovers.
 
 :class:`CircuitBreaker` is pure: it is told the time, so it is tested without sleeping.
+
+Every call to an engine, turns and probes alike, goes through the engine's queue
+(:mod:`voice_agent.llm.scheduler`): a busy engine is not a broken one, so waiting for it is
+never an ``engine_timeout`` and a queue timeout (``overloaded``) is not counted by the
+breaker. The prompt is fitted to the engine's context on the way (oldest exchanges first).
 """
 
 from __future__ import annotations
@@ -16,17 +21,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from voice_agent.aio import iterate_in_thread
 from voice_agent.config import LlmConfig
+from voice_agent.errors import Overloaded, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
+from voice_agent.llm.conversation import TokenCounter, estimate_tokens, fit_to_context
+from voice_agent.llm.scheduler import EngineLane, Priority, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,7 @@ class CircuitBreaker:
 class ChainLink:
     engine: LlmEngine
     breaker: CircuitBreaker
+    lane: EngineLane
 
 
 class LlmChain:
@@ -118,7 +125,9 @@ class LlmChain:
     ) -> None:
         if not engines:
             raise ValueError("an LLM chain needs at least one engine")
-        self.links = [ChainLink(e, CircuitBreaker.from_config(config)) for e in engines]
+        self.scheduler = Scheduler(config)
+        self.links = [ChainLink(e, CircuitBreaker.from_config(config), self.scheduler.lane(e))
+                      for e in engines]
         self._config = config
         self._clock = clock
 
@@ -132,7 +141,12 @@ class LlmChain:
         allowed = [link.engine for link in self.links if link.breaker.allows]
         return allowed or [link.engine for link in self.links]
 
-    def record(self, engine: LlmEngine, success: bool) -> None:
+    def record(self, engine: LlmEngine, success: bool, error: VoiceAgentError | None = None
+               ) -> None:
+        """One turn's outcome for ``engine``. A turn that found it busy (``overloaded``: its
+        queue was full for ``llm.queue_timeout_s``) says nothing about its health."""
+        if isinstance(error, Overloaded):
+            return
         for link in self.links:
             if link.engine is engine:
                 was_open = not link.breaker.allows
@@ -149,40 +163,82 @@ class LlmChain:
                 "state": link.breaker.state.value,
                 "error_rate": round(link.breaker.error_rate, 3),
                 "consecutive_failures": link.breaker.consecutive_failures,
+                "busy": link.lane.busy,
+                "waiting": link.lane.waiting,
             }
             for link in self.links
         ]
 
-    async def probe_due_engines(self, executor: Executor | None) -> None:
+    def _link(self, engine: LlmEngine) -> ChainLink:
+        for link in self.links:
+            if link.engine is engine:
+                return link
+        raise ValueError(f"{engine.name} is not in this chain")
+
+    def prompt_budget(self, engine: LlmEngine) -> int:
+        """Prompt tokens ``engine`` may get: the context (``llm.n_ctx``) less the room its
+        reply needs (``max_tokens``, plus the reasoning budget for a reasoning model)."""
+        reply = self._config.max_tokens
+        if engine.opens_reasoning is not False:  # R1, or maybe R1 behind a server
+            reply += self._config.reasoning_budget_tokens
+        return self._config.n_ctx - reply
+
+    def fit(self, engine: LlmEngine, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """``messages`` trimmed to ``engine``'s context, by its own token count when it has
+        one (``count_tokens``), else by a conservative estimate."""
+        count: TokenCounter = getattr(engine, "count_tokens", None) or estimate_tokens
+        return fit_to_context(messages, self.prompt_budget(engine), count)
+
+    async def stream(
+        self,
+        engine: LlmEngine,
+        messages: Sequence[ChatMessage],
+        *,
+        timings: dict[str, float] | None = None,
+        priority: int = Priority.TURN,
+    ) -> AsyncGenerator[str, None]:
+        """``engine``'s reply to ``messages`` (fitted to its context), through its queue;
+        see :meth:`EngineLane.stream` for the timings. Consume under ``aclosing``."""
+        lane = self._link(engine).lane
+        fitted = self.fit(engine, messages)
+        if len(fitted) < len(messages):
+            log.info("%s: %d oldest messages left out to fit the context",
+                     engine.name, len(messages) - len(fitted))
+        pieces = lane.stream(fitted, priority=priority, timings=timings)
+        async with aclosing(pieces):
+            async for piece in pieces:
+                yield piece
+
+    def close(self) -> None:
+        """Stop the engines' worker threads (at exit)."""
+        self.scheduler.close()
+
+    async def probe_due_engines(self) -> None:
         """Probe every open engine whose probe is due (one tiny streamed request each)."""
         for link in self.links:
             if not link.breaker.probe_due(self._clock(), self._config.probe_interval_s):
                 continue
-            success = await self._probe(link.engine, executor)
+            success = await self._probe(link.engine)
             link.breaker.probed(success, self._clock())
             log.info("probe of %s %s", link.engine.name, "succeeded: back in the chain"
                      if success else "failed: circuit stays open")
 
-    async def probe_forever(self, executor: Executor | None) -> None:
+    async def probe_forever(self) -> None:
         interval = min(1.0, self._config.probe_interval_s)
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.probe_due_engines(executor)
+                await self.probe_due_engines()
             except Exception:  # a probe must never take the service down
                 log.exception("LLM probe failed unexpectedly")
 
-    async def _probe(self, engine: LlmEngine, executor: Executor | None) -> bool:
-        def run(stop: threading.Event) -> Any:
-            return engine.stream(PROBE_MESSAGES, stop)
-
-        pieces = iterate_in_thread(
-            run, executor, first_timeout_s=self._config.first_token_timeout_s,
-            next_timeout_s=self._config.token_timeout_s, what=f"probe of {engine.name}",
-        )
+    async def _probe(self, engine: LlmEngine) -> bool:
+        """One token proves the engine answers. The probe queues behind turns (a busy
+        engine is not a broken one) and its first token gets the turns' time limit."""
+        pieces = self.stream(engine, PROBE_MESSAGES, priority=Priority.PROBE)
         try:
             async for _ in pieces:
-                return True  # one token proves the engine answers
+                return True
             return False  # an empty answer to "Say OK." is not a healthy engine
         except Exception as exc:
             log.debug("probe of %s: %r", engine.name, exc)

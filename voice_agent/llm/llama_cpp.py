@@ -70,6 +70,11 @@ class LlamaCppEngine:
         for _ in self.stream(messages, threading.Event(), max_tokens=1):
             pass
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by this model's tokenizer; the chain budgets the history with
+        it. Reads only the vocabulary, so it is safe beside a running generation."""
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
     def stream(
         self,
         messages: Sequence[ChatMessage],

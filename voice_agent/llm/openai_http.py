@@ -124,6 +124,10 @@ class OpenAiHttpEngine:
     held as reasoning until a ``<think>``/``</think>`` tag or the end of the stream decides.
     """
 
+    concurrency = 8
+    """Calls in flight at once (``llm.scheduler``): the server batches them; more wait in
+    this engine's queue. Matches the default ``server.max_sessions``."""
+
     def __init__(
         self,
         base_url: str,

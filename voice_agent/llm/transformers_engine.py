@@ -34,7 +34,8 @@ CACHE_ENV = "VOICE_AGENT_CACHE_DIR"
 _COMPLETE = "voice-agent-cache.json"
 """Written last into a cache entry; an entry without it is ignored."""
 _JOIN_S = 10.0
-"""How long a finished or cancelled stream waits for its generation thread."""
+"""A stream that ended waits for its generation thread to end, saying so in the log after
+every this many seconds of waiting."""
 
 
 def default_cache_dir() -> Path:
@@ -62,6 +63,10 @@ def gguf_cache_key(path: Path, dtype_name: str) -> str:
 
 class TransformersEngine:
     """One loaded transformers causal LM shared by every session; calls are serialized."""
+
+    cold_start = True
+    """The first ``generate`` pays one-off warm-up costs (CUDA kernels and allocator, lazy
+    torch initialisation), so the engine's queue gives it ``llm.first_call_timeout_s``."""
 
     def __init__(
         self,
@@ -184,6 +189,11 @@ class TransformersEngine:
 
     # Generation ------------------------------------------------------------------------
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by this model's tokenizer; the chain budgets the history with
+        it."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -237,10 +247,16 @@ class TransformersEngine:
                         yield piece
             finally:
                 stop.set()
+                # The lock stays held until generation really ends: two ``generate`` calls
+                # must never run on one model. A long prefill does not check the stop flag,
+                # so this may take a while; the engine's queue counts it as wedged meanwhile.
+                waited = 0.0
                 worker.join(_JOIN_S)
-                if worker.is_alive():  # a long prefill does not check the stop flag
+                while worker.is_alive():
+                    waited += _JOIN_S
                     log.warning("%s: generation still running %.0fs after its stream ended",
-                                self.name, _JOIN_S)
+                                self.name, waited)
+                    worker.join(_JOIN_S)
             if failure:
                 error = failure[0]
                 if isinstance(error, torch.cuda.OutOfMemoryError):

@@ -212,8 +212,7 @@ class VoiceServer:
             close_timeout=cfg.close_timeout_s,
             process_request=self._http,
         )
-        self._probes = asyncio.create_task(
-            self.engines.llm.probe_forever(self.engines.llm_executor))
+        self._probes = asyncio.create_task(self.engines.llm.probe_forever())
         return self
 
     async def stop(self) -> None:
