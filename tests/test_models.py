@@ -68,9 +68,49 @@ sha256 = "{digest.upper()}"
     assert resolved.verified
     assert resolved.path == str(user_model)
     assert not manifest.resolve("llm", "tiny", verify=False).verified
-    assert manifest.find("llm", "default") is None
-    with pytest.raises(ModelError, match="no default llm model"):
-        manifest.resolve("llm", "default")
+    # Layered on the shipped manifest: the embedded default stays the default.
+    default = manifest.find("llm", "default")
+    assert default is not None and default.embedded
+
+
+def test_shipped_manifest_is_package_data() -> None:
+    import voice_agent
+
+    package_dir = Path(voice_agent.__file__).resolve().parent
+    assert DEFAULT_MANIFEST.is_relative_to(package_dir)
+    assert DEFAULT_MANIFEST.is_file()
+
+
+def test_user_default_replaces_the_embedded_default(tmp_path: Path, user_model: Path) -> None:
+    shipped = Manifest.load()
+    embedded = shipped.find("llm", "default")
+    assert embedded is not None
+    manifest = Manifest.load(write_manifest(tmp_path, f"""
+[llm.tiny]
+path = "{user_model.name}"
+default = true
+"""))
+    assert manifest.resolve("llm", "default").path == str(user_model)
+    # The embedded model is still there by name, no longer the default (doctor would
+    # otherwise call a broken embedded package fatal although nothing uses it).
+    still = manifest.find("llm", embedded.name)
+    assert still is not None and not still.default
+    assert manifest.find("asr", "default") == shipped.find("asr", "default")
+
+
+def test_user_entry_with_a_shipped_name_replaces_it(tmp_path: Path, user_model: Path) -> None:
+    embedded = Manifest.load().find("tts", "default")
+    assert embedded is not None
+    manifest = Manifest.load(write_manifest(tmp_path, f"""
+[tts.{embedded.name}]
+path = "{user_model.name}"
+"""))
+    entries = [e for e in manifest.entries if (e.role, e.name) == ("tts", embedded.name)]
+    assert len(entries) == 1 and not entries[0].embedded
+    assert manifest.find("tts", embedded.name) == entries[0]
+    assert manifest.find("tts", "default") is None  # the replacement did not say default
+    with pytest.raises(ModelError, match="no default tts model"):
+        manifest.resolve("tts", "default")
 
 
 def test_wrong_checksum_names_the_file(tmp_path: Path, user_model: Path) -> None:
@@ -151,6 +191,7 @@ path = "model.gguf"
         ('[vision.x]\npath = "x"\n', "vision"),
         ("[llm.x]\nsha256 = \"00\"\n", "needs a path"),
         ("[llm.x\n", "not valid TOML"),
+        ('[llm]\nx = "y"\n', "not a table"),
     ],
 )
 def test_malformed_manifest(tmp_path: Path, text: str, fragment: str) -> None:
@@ -167,6 +208,7 @@ def test_missing_manifest_names_it(tmp_path: Path) -> None:
 
 def test_a_path_instead_of_a_name(tmp_path: Path, user_model: Path) -> None:
     manifest = Manifest.load(write_manifest(tmp_path, ""))
+    assert manifest.entries == Manifest.load().entries  # an empty user manifest adds nothing
     resolved = manifest.resolve("llm", str(user_model))
     assert resolved.path == str(user_model)
     assert resolved.name == user_model.name

@@ -332,10 +332,12 @@ class AuditConfig:
 @dataclass
 class ModelsConfig:
     manifest: str = ""
-    """Path of the model manifest (TOML); empty uses the ``models/manifest.toml`` shipped
-    with voice-agent."""
+    """Path of a user model manifest (TOML, same format as the shipped one); its entries are
+    added to the embedded defaults' manifest that ships inside the package
+    (``voice_agent/data/manifest.toml``), replacing any with the same role and name. Empty:
+    only the embedded defaults."""
     directory: str = ""
-    """Base directory for relative user model paths in the manifest; empty is the
+    """Base directory for relative model paths in the user manifest; empty is the user
     manifest's own directory."""
 
     def validate(self) -> None:

@@ -2,6 +2,12 @@
 
 A model named in the config is resolved here to a verified local path. Nothing is ever
 downloaded: a missing file or a checksum mismatch is a :class:`ModelError` naming the file.
+
+The manifest of the embedded defaults ships inside the package (``voice_agent/data``), so an
+installed wheel finds it. A user manifest (``models.manifest``) is layered on top of it
+rather than replacing it: the site-packages copy is overwritten by every upgrade and is no
+place for a user's files, and a user who adds one model should not have to copy the entries
+and checksums of the embedded ones.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +23,8 @@ from voice_agent.errors import ModelError
 
 Role = Literal["asr", "llm", "tts"]
 ROLES: tuple[Role, ...] = ("asr", "llm", "tts")
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "manifest.toml"
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "data" / "manifest.toml"
+"""The shipped manifest of the embedded default models (package data)."""
 
 
 @dataclass(frozen=True)
@@ -59,21 +66,46 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path | None = None, directory: str | Path | None = None) -> Manifest:
-        manifest_path = Path(path) if path else DEFAULT_MANIFEST
+        """The shipped manifest, with the user manifest at ``path`` (if any) on top.
+
+        A user entry with the same role and name replaces the shipped one; a user entry
+        marked ``default`` becomes its role's default. Relative user paths resolve against
+        ``directory``, else against the folder of the manifest that names them.
+        """
+        base = Path(directory).expanduser() if directory else None
+        entries = cls._read(DEFAULT_MANIFEST, base)
+        if not path:
+            return cls(entries)
+        user_path = Path(path).expanduser()
+        user = cls._read(user_path, base)
+        replaced = {(e.role, e.name) for e in user}
+        new_defaults = {e.role for e in user if e.default}
+        shipped = [
+            replace(e, default=e.default and e.role not in new_defaults)
+            for e in entries
+            if (e.role, e.name) not in replaced
+        ]
+        # User entries first: find() takes the first match.
+        return cls(user + shipped)
+
+    @classmethod
+    def _read(cls, manifest_path: Path, directory: Path | None) -> list[ModelEntry]:
         try:
             data = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelError(f"model manifest not found: {manifest_path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ModelError(f"model manifest {manifest_path} is not valid TOML: {exc}") from None
-        base = Path(directory) if directory else manifest_path.parent
+        base = directory or manifest_path.parent
         entries: list[ModelEntry] = []
         for role, models in data.items():
             if role not in ROLES or not isinstance(models, dict):
                 raise ModelError(f"manifest {manifest_path}: unknown section [{role}]")
             for name, spec in models.items():
+                if not isinstance(spec, dict):
+                    raise ModelError(f"manifest {manifest_path}: [{role}.{name}] is not a table")
                 entries.append(cls._entry(role, name, spec, base, manifest_path))
-        return cls(entries)
+        return entries
 
     @staticmethod
     def _entry(
@@ -83,7 +115,7 @@ class Manifest:
             raise ModelError(f"manifest {where}: [{role}.{name}] needs a path")
         package = spec.get("package")
         root = _package_dir(package) if isinstance(package, str) else base
-        path = root / str(spec["path"])
+        path = root / Path(str(spec["path"])).expanduser()
         checksum_file = path / str(spec["checksum_file"]) if spec.get("checksum_file") else path
         side = spec.get("config")
         sha = spec.get("sha256")
