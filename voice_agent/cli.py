@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from voice_agent.offline import enforce_offline
+
+    enforce_offline()  # before any library that could phone home is imported
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

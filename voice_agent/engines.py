@@ -13,6 +13,7 @@ from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
 from voice_agent.llm.chain import LlmChain
 from voice_agent.models import Manifest
+from voice_agent.offline import enforce_offline
 from voice_agent.prompt import system_prompt
 from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
@@ -84,6 +85,7 @@ def load_tts(config: Config, manifest: Manifest) -> PiperTts:
 
 
 def load_engines(config: Config, manifest: Manifest | None = None) -> Engines:
+    enforce_offline()  # library use: before an engine imports onnxruntime or the hub
     manifest = manifest or Manifest.load(config.models.manifest, config.models.directory or None)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
