@@ -209,3 +209,39 @@ def test_typed_values_inside_fields_are_checked(text: str) -> None:
     with pytest.raises(ProtocolError) as caught:
         decode_server(text)
     assert caught.value.code in ("bad_field", "bad_json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 10_000 + "]" * 10_000,
+        '{"type":"ping","id":' + "[" * 10_000 + "]" * 10_000 + "}",
+        '{"type":"ping","id":' + '{"a":' * 10_000 + "1" + "}" * 10_001,
+        "[" * 100_000,  # unterminated as well
+        ("[" * 10_000).encode(),
+    ],
+)
+def test_deeply_nested_json_is_bad_json_not_a_recursion_error(text: str | bytes) -> None:
+    error = expect_code(text, "bad_json")
+    assert "deeper" in str(error)
+    expect_code(text, "bad_json", server=True)
+
+
+def test_nesting_is_measured_outside_strings() -> None:
+    # Brackets inside strings, even escaped quotes before them, are not nesting.
+    text = json.dumps({"type": "ping", "id": '\\"' + "[{" * 5000})
+    assert decode_client(text) == Ping(id='\\"' + "[{" * 5000)
+
+
+def test_nesting_up_to_the_limit_still_parses() -> None:
+    from voice_agent.server.protocol import MAX_JSON_DEPTH
+
+    # Depth is checked before field types: a message exactly at the limit reaches them.
+    inner = MAX_JSON_DEPTH - 1  # the message object itself is one level
+    at_limit = '{"type":"ping","id":' + "[" * inner + "]" * inner + "}"
+    assert "expected str" in str(expect_code(at_limit, "bad_field"))
+    over = '{"type":"ping","id":' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}"
+    assert "deeper" in str(expect_code(over, "bad_json"))
+    # Many sibling containers are not depth: a wide message is judged by its fields.
+    wide = '{"type":"ping","id":[' + "[]," * 50_000 + "[]]}"
+    assert "expected str" in str(expect_code(wide, "bad_field"))

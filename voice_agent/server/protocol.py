@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,10 +32,10 @@ class Start:
     """Rate of the reply PCM; defaults to ``sample_rate``."""
     reasoning: bool = False
     """Also send the model's reasoning (``<think>`` text) as ``reasoning`` events. It is never
+    spoken nor part of ``reply_text``."""
     token: str | None = field(default=None, repr=False)
     """The access token, for clients that cannot send ``Authorization`` (browsers) and do not
     put it in the URL. Never echoed or logged."""
-    spoken nor part of ``reply_text``."""
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,8 @@ _CHECKS: dict[str, Any] = {
     "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
-    "str | None": lambda v: v is None or isinstance(v, str),
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "str | None": lambda v: v is None or isinstance(v, str),
     "dict[str, float]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
         for k, x in v.items()),
@@ -238,10 +239,45 @@ def encode(message: Any) -> str:
                       ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of arrays/objects a message may have. Every message of the protocol is
+an object holding scalars or flat objects (depth 2); a deeply nested one is rejected before
+parsing, as ``bad_json``, so it can never exhaust the parser's recursion."""
+
+# A JSON string literal; an unterminated one runs to the end, so no input makes the scan
+# go back over itself.
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SQUARE = str.maketrans("{}", "[]")
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether ``text`` nests arrays/objects deeper than ``limit``.
+
+    Everything runs at C speed (a Python loop over a megabyte of ``[]`` would hold the
+    event loop for most of a second): with strings and scalars removed, each pass of
+    deleting every ``[]`` peels exactly one level, so brackets left after ``limit`` passes
+    are nesting deeper than that (or are unbalanced: not JSON either way)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).translate(_SQUARE)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace("[]", "")
+    return bool(brackets)
+
+
 def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if _too_deep(text, MAX_JSON_DEPTH):
+            raise ProtocolError(f"message nests deeper than {MAX_JSON_DEPTH} levels",
+                                code="bad_json")
         data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a backstop; _too_deep rejects such nesting first.
         raise ProtocolError(f"message is not valid JSON: {exc}", code="bad_json") from None
     if not isinstance(data, dict):
         raise ProtocolError("message must be a JSON object", code="bad_json")
