@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Origin
 
 from tests.conftest import REPO, make_config
@@ -210,11 +210,11 @@ async def test_wrong_or_missing_token_is_refused(engines: Engines) -> None:
             url, additional_headers={"Authorization": "Bearer wrong"}) == 401
         assert await refused_status(f"{url}/?token=wrong") == 401
         # None on the upgrade: the start message must carry it.
-        for fields in ({}, {"token": "wrong"}):
+        for fields in ({}, {"token": "not-the-Token-42"}):
             async with connect(url) as ws:
                 event = await start(ws, **fields)
                 assert event["type"] == "error" and event["code"] == "unauthorized"
-                assert "wrong" not in event["message"]
+                assert "not-the-Token-42" not in json.dumps(event)
                 with pytest.raises(ConnectionClosed):
                     await first_event(ws)
                 assert ws.close_code == 1008
@@ -240,8 +240,11 @@ async def test_token_is_needed_on_loopback_too_and_never_logged(
             assert (await start(ws, token=TOKEN))["type"] == "ready"
         assert await refused_status(url, additional_headers={"Authorization": f"Bearer {TOKEN}x"}
                                     ) == 401
-    assert "GET /" in caplog.text  # the websockets debug log was on
-    assert TOKEN not in caplog.text
+    # The server's records (the test's own client logs what it sends; that is not the server).
+    server_log = "\n".join(r.getMessage() for r in caplog.records
+                           if not r.name.startswith("websockets.client"))
+    assert "GET /" in server_log  # the websockets server debug log was on
+    assert TOKEN not in server_log
 
 
 @pytest.mark.slow
@@ -333,7 +336,7 @@ async def test_tls_serves_wss_and_https(engines: Engines, tmp_path: Path) -> Non
             async with connect(url, open_timeout=10):
                 pass
         # Plain ws:// to the TLS port is no WebSocket.
-        with pytest.raises((InvalidStatus, ConnectionClosed, OSError, ValueError)):
+        with pytest.raises((InvalidHandshake, ConnectionClosed, OSError)):
             async with connect(f"ws://127.0.0.1:{voice.port}", open_timeout=10) as ws:
                 await start(ws, token=TOKEN)
         context = ssl.create_default_context(cafile=str(cert))

@@ -323,4 +323,7 @@ async def test_a_flood_is_dropped_and_the_loop_stays_responsive(engines: Engines
     # At most 1.5x real time plus the burst was processed.
     assert stats["processed"] <= 16000 * (2.0 + 1.5 * 6), stats
     assert len(latencies) > 20
-    assert max(latencies) < 0.3, sorted(latencies)[-5:]
+    # Generous: two shared cores here. Unbounded frames processed back to back without
+    # yielding stalled /healthz for 1.3 s; bounded and yielding, the worst seen was 0.17 s
+    # even with the pacer off, and under 0.1 s with it.
+    assert max(latencies) < 0.5, sorted(latencies)[-5:]

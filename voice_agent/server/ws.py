@@ -30,6 +30,24 @@ from voice_agent.engines import Engines
 from voice_agent.errors import ProtocolError, VoiceAgentError
 from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice_agent.metrics import Metrics
+from voice_agent.server.access import (
+    PUBLIC_PATHS,
+    AccessPolicy,
+    Credential,
+    RedactTokens,
+    build_policy,
+    refusal,
+    request_credential,
+    route,
+    ssl_context,
+)
+from voice_agent.server.limits import (
+    AddressCounter,
+    InputPacer,
+    SessionSlots,
+    SessionTimer,
+    TurnRate,
+)
 from voice_agent.server.observe import Observer, client_host
 from voice_agent.server.protocol import (
     Cancel,
@@ -58,8 +76,14 @@ SEND_TIMEOUT_S = 10.0
 
 class Connection:
     def __init__(self, ws: ServerConnection, engines: Engines, config: Config,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, *, access: AccessPolicy | None = None,
+                 slots: SessionSlots | None = None) -> None:
+        """``access``: the token a client must show (on the upgrade or in ``start``);
+        ``slots``: the started-session cap, claimed only once ``start`` is accepted."""
         self.ws = ws
+        self._access = access or AccessPolicy()
+        self._slots = slots
+        self._claimed = False
         self.engines = engines
         self.config = config
         self.session_id = uuid.uuid4().hex[:12]
@@ -94,7 +118,7 @@ class Connection:
     async def serve(self) -> None:
         try:
             start = await self._await_start()
-            if start is None:
+            if start is None or not await self._admit():
                 return
             await self._run(start)
         except ConnectionClosed:
@@ -105,10 +129,12 @@ class Connection:
                 log.info("session %s ended: %s", self.session_id,
                          self._driver.session.input_stats())
                 self._obs.closed(self._driver.session.input_stats())
+            if self._claimed and self._slots is not None:
+                self._slots.release()  # after its turns have ended
 
     async def _await_start(self) -> Start | None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
+        deadline = loop.time() + self.config.server.start_timeout_s
         while True:
             try:
                 message = await asyncio.wait_for(self.ws.recv(), deadline - loop.time())
@@ -126,19 +152,50 @@ class Connection:
                 check_rate(parsed.sample_rate)
                 if parsed.output_sample_rate is not None:
                     check_rate(parsed.output_sample_rate)
+                if not self._authorized(parsed):
+                    await self.event(ErrorEvent(code="unauthorized",
+                                                message="missing or wrong access token"))
+                    await self.ws.close(1008, "unauthorized")
+                    return None
                 return parsed
             except VoiceAgentError as exc:
                 await self._client_error(exc)
 
+    def _authorized(self, start: Start) -> bool:
+        """The upgrade's credential was checked in ``process_request`` (a wrong one never
+        gets here); without one, ``start`` must carry the token."""
+        request = self.ws.request
+        if request is not None and request_credential(self._access, request) is Credential.OK:
+            return True
+        return self._access.check(start.token) is Credential.OK
+
+    async def _admit(self) -> bool:
+        """Take a session slot now that ``start`` came; refuse (1013) when all are taken."""
+        if self._slots is None:
+            return True
+        if not self._slots.claim():
+            await self.event(ErrorEvent(code="overloaded", transient=True,
+                                        message="too many sessions; try again later"))
+            await self.ws.close(1013, "too many sessions")
+            return False
+        self._claimed = True
+        return True
+
     async def _run(self, start: Start) -> None:
         config = self.config
         output_rate = start.output_sample_rate or start.sample_rate
+        limits = config.server
+        clock = asyncio.get_running_loop().time
+        turns = TurnRate(limits.turns_per_minute)
+        pacer = InputPacer(limits.max_input_speed, limits.input_burst_s, clock())
+        timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
         session = Session(
             vad_config=config.vad,
             frontend=make_frontend(config.frontend.noise_suppression,
                                    config.frontend.auto_gain_dbfs),
             vad=make_vad(config.vad),
             input_rate=start.sample_rate,
+            turn_gate=lambda: turns.allow(clock()),
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(session, runner, self, self._close,
@@ -148,10 +205,26 @@ class Connection:
                                output_sample_rate=output_rate))
         log.info("session %s started (%d Hz in, %d Hz out)", self.session_id,
                  start.sample_rate, output_rate)
-        async for message in self.ws:
+        while True:
+            # Idle and maximum-length limits: idle sockets must never hold the sessions.
+            if driver.active_turns:
+                timer.activity(clock())
+            expired = timer.expired(clock())
+            if expired is not None:
+                await self._expire(expired)
+                break
+            try:
+                message = await asyncio.wait_for(self.ws.recv(), timer.wait_s(clock()))
+            except TimeoutError:
+                continue
             try:
                 if isinstance(message, bytes):
-                    actions = session.audio(message)
+                    timer.activity(clock())
+                    if pacer.admit(len(message) / 2 / start.sample_rate, clock()):
+                        actions = session.audio(message)
+                    else:  # faster than max_input_speed: its DSP would starve others
+                        session.drop(message, "too_fast")
+                        actions = []
                 else:
                     actions = self._control(session, decode_client(message))
             except VoiceAgentError as exc:
@@ -160,6 +233,16 @@ class Connection:
             await driver.execute(actions)
             if self._closing:
                 break
+            await asyncio.sleep(0)  # one client's queued audio never monopolizes the loop
+
+    async def _expire(self, reason: str) -> None:
+        """End a session that reached a limit (``idle``, ``max_duration``): running turns
+        end first, with their ``turn_done``, then ``session_end`` and close 1000."""
+        assert self._driver is not None  # noqa: S101 - only called from _run
+        await self._driver.stop()
+        if not self._closing:
+            log.info("session %s: %s", self.session_id, reason)
+            await self._close(reason)
 
     def _control(self, session: Session, message: ClientMessage) -> list[Action]:
         if isinstance(message, Start):
@@ -188,9 +271,17 @@ class VoiceServer:
         self.config = config
         self._server: Server | None = None
         self._probes: asyncio.Task[None] | None = None
-        self._active = 0
+        self._sessions = SessionSlots(config.server.max_sessions)
+        self._addresses = AddressCounter(config.server.max_connections_per_address)
+        self.access = AccessPolicy()
+        """Resolved at :meth:`start` (token file read once)."""
         self.metrics = Metrics(engines.llm, engines.load_seconds)
         self.observer = Observer(self.metrics)
+
+    @property
+    def _active(self) -> int:
+        """Started sessions (pre-start sockets are not sessions)."""
+        return self._sessions.active
 
     @property
     def port(self) -> int:
@@ -199,6 +290,12 @@ class VoiceServer:
 
     async def start(self) -> VoiceServer:
         cfg = self.config.server
+        # Before anything else: an exposed server without a token must not come up at all.
+        self.access = build_policy(cfg)
+        tls = ssl_context(cfg)
+        ws_log = logging.getLogger("websockets.server")
+        if not any(isinstance(f, RedactTokens) for f in ws_log.filters):
+            ws_log.addFilter(RedactTokens())  # its debug log shows request lines and headers
         audit = AuditLog.from_config(self.config.audit)
         self.observer.audit = audit.open() if audit is not None else None
         self._server = await serve(
@@ -211,6 +308,8 @@ class VoiceServer:
             ping_timeout=cfg.ping_timeout_s,
             close_timeout=cfg.close_timeout_s,
             process_request=self._http,
+            ssl=tls,
+            logger=ws_log,
         )
         self._probes = asyncio.create_task(self.engines.llm.probe_forever())
         return self
@@ -243,15 +342,37 @@ class VoiceServer:
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
+            if (denied := self._refuse(connection, request)) is not None:
+                return denied
             response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = METRICS_CONTENT_TYPE
             return response
-        if request.path == "/status":
+        if path == "/status":
+            if (denied := self._refuse(connection, request)) is not None:
+                return denied
             # Which LLM engines are in service (circuit breaker states), for operators.
             body = json.dumps({"sessions": self._active, "llm": self.engines.llm.status()})
             return connection.respond(HTTPStatus.OK, body + "\n")
-        return None
+        # Anything else is a WebSocket upgrade.
+        if self._addresses.full(client_host(connection)):
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      "too many connections from this address\n")
+        return self._refuse(connection, request, upgrade=True)
+
+    def _refuse(self, connection: ServerConnection, request: Request, *,
+                upgrade: bool = False) -> Response | None:
+        """The access check every non-public route calls: a response refusing the request
+        (403 wrong origin, 401 missing or wrong token), or None to go on."""
+        if route(request.path) in PUBLIC_PATHS:
+            return None
+        denied = refusal(self.access, request, upgrade=upgrade)
+        if denied is None:
+            return None
+        response = connection.respond(*denied)
+        if denied[0] == HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     def _not_ready(self) -> str:
         """Why no turn could be answered now ("" when one can); says nothing private."""
@@ -262,17 +383,21 @@ class VoiceServer:
         return ""
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if self._active >= self.config.server.max_sessions:
-            self.observer.error("overloaded")
-            await ws.send(encode(ErrorEvent(code="overloaded", transient=True,
-                                            message="too many sessions; try again later")))
-            await ws.close(1013, "too many sessions")
+        # Every open socket counts against its address from here (the upgrade pre-checked
+        # it); a session slot is taken only once ``start`` is accepted (Connection._admit).
+        address = client_host(ws)
+        if not self._addresses.acquire(address):
+            self.observer.error("too_many_connections")
+            await ws.send(encode(ErrorEvent(code="too_many_connections", transient=True,
+                                            message="too many connections from this address")))
+            await ws.close(1008, "too many connections from this address")
             return
-        self._active += 1
+        connection = Connection(ws, self.engines, self.config, self.observer,
+                                access=self.access, slots=self._sessions)
         try:
-            await Connection(ws, self.engines, self.config, self.observer).serve()
+            await connection.serve()
         except Exception:
             log.exception("session failed")
             await ws.close(1011, "internal error")
         finally:
-            self._active -= 1
+            self._addresses.release(address)
