@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import logging
+import os
 import signal
 import sys
 import time
@@ -53,13 +53,13 @@ def _load_engines(config: Config) -> Any:
 
 
 async def _serve(config: Config) -> None:
-    from voice_agent.server.access import build_policy, ssl_context
     from voice_agent import sdnotify
+    from voice_agent.server.access import build_policy, ssl_context
     from voice_agent.server.ws import VoiceServer
+
     build_policy(config.server)  # refuse an exposed, token-less setup before loading models
     ssl_context(config.server)
     scheme = "wss" if config.server.tls_cert else "ws"
-
     engines = _load_engines(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,8 +95,8 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     result = asyncio.run(stream_file(
         args.file, args.url, output_rate=args.output_rate,
-        token=args.token or os.environ.get("VOICE_AGENT_TOKEN") or None, ca_file=args.ca_file,
         trailing_silence_s=args.trailing_silence, realtime=not args.fast,
+        token=args.token or os.environ.get("VOICE_AGENT_TOKEN") or None, ca_file=args.ca_file,
     ))
     if args.output:
         write_wav(args.output, result.reply_audio, result.output_sample_rate)
@@ -238,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--output-rate", type=int, help="reply sample rate (default: the file's)")
     p.add_argument("--trailing-silence", type=float, default=2.0, help="seconds after speech")
+    p.add_argument("--fast", action="store_true", help="send faster than real time")
     p.add_argument("--token", help="access token (default: $VOICE_AGENT_TOKEN; the "
                                    "environment keeps it out of the process list)")
     p.add_argument("--ca-file", help="CA/certificate file to trust for a wss:// URL")
-    p.add_argument("--fast", action="store_true", help="send faster than real time")
     p.set_defaults(func=cmd_client)
 
     p = command("transcribe", "transcribe audio files with the configured ASR")

@@ -290,6 +290,7 @@ class ServerConfig:
         _check(1 <= self.max_sessions <= 1024, "server.max_sessions must be 1..1024")
         _check(1024 <= self.max_message_bytes <= 64 << 20, "server.max_message_bytes range")
         _check(2 <= self.input_queue_frames <= 100_000, "server.input_queue_frames range")
+        _check(self.max_errors >= 1, "server.max_errors must be >= 1")
         _check(bool(self.tls_cert) or not self.tls_key, "server.tls_key needs server.tls_cert")
         _check(1 <= self.max_connections_per_address <= 1024,
                "server.max_connections_per_address must be 1..1024")
@@ -300,7 +301,6 @@ class ServerConfig:
         _check(self.max_input_speed == 0 or 1.0 <= self.max_input_speed <= 100,
                "server.max_input_speed must be 0 (off) or 1..100")
         _check(0 <= self.input_burst_s <= 600, "server.input_burst_s must be 0..600")
-        _check(self.max_errors >= 1, "server.max_errors must be >= 1")
 
 
 @dataclass
