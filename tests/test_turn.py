@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 
 from tests.conftest import harvard_clips, make_config
 from tests.fakes import Recorder, ScriptedLlm
+from tests.llm.test_openai_http import DONE, FaultServer, Script, event, streams
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
 from voice_agent.llm.chain import LlmChain
+from voice_agent.llm.openai_http import OpenAiHttpEngine
 from voice_agent.server.protocol import ErrorEvent, ReplyText, TranscriptEvent
 from voice_agent.turn import TurnRunner
 
@@ -124,3 +127,94 @@ async def test_cancelled_reply_keeps_only_spoken_sentences_in_history(
     assert history[-2].role == "assistant"
     assert "Third" not in history[-2].content
     assert history[-3].content.splitlines()[-1] == done.transcript  # after the emotion tag
+
+
+# --- DeepSeek-R1 behind an OpenAI-compatible server, cut off by the length limit ----------
+
+THOUGHT = ["Okay, so the user", " wants quokka facts.", " Hmm, marmalade", " and the",
+           " xylophone, I think the"]
+THOUGHT_WORDS = ("quokka", "marmalade", "xylophone", "hmm")
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[Callable[[Script], FaultServer]]:
+    servers: list[FaultServer] = []
+
+    def start(script: Script) -> FaultServer:
+        servers.append(FaultServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def r1_runner(engines: Engines, base_url: str, opens_reasoning: bool | None,
+              **llm_config: float) -> tuple[TurnRunner, OpenAiHttpEngine]:
+    config = make_config(llm=llm_config)
+    r1 = OpenAiHttpEngine.from_spec(f"{base_url}#deepseek-r1", config.llm)
+    r1.opens_reasoning = opens_reasoning
+    chain = LlmChain([r1, engines.llm.primary], config.llm)
+    return TurnRunner(replace(engines, llm=chain), config, output_rate=16000), r1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("opens_reasoning", [None, True], ids=["undecided", "template-opened"])
+async def test_r1_cut_off_mid_thought_is_never_spoken_and_the_fallback_answers(
+    engines: Engines, utterance: tuple, scripted_server: Callable[[Script], FaultServer],
+    opens_reasoning: bool | None,
+) -> None:
+    """The issue's probe: an R1 whose template opened <think> (so no tag in the stream) hits
+    the length limit mid-thought. ``None`` is how an R1 named on an HTTP server is run."""
+    server = scripted_server(streams(*(event(p) for p in THOUGHT), event(finish="length"),
+                                     DONE))
+    runner, r1 = r1_runner(engines, server.base_url, opens_reasoning)
+    out = Recorder()
+    done = await runner.run(1, utterance[1], 450, out)
+    assert done.status == "ok", done
+    assert done.engine == engines.llm.primary.name
+    assert done.fallbacks == {r1.name: "llm_truncated"}
+    shown = "".join(e.delta for e in out.events if isinstance(e, ReplyText))
+    assert shown == done.reply_text and any(ch.isalpha() for ch in shown)
+    back = engines.asr.transcribe(np.frombuffer(bytes(out.pcm), "<i2")).text.lower()
+    for word in THOUGHT_WORDS:
+        assert word not in shown.lower() and word not in back, (word, shown, back)
+    assert done.audio_samples > 8000  # the fallback's answer is heard
+    config = make_config().llm
+    assert server.requests[0][2]["max_tokens"] == (config.reasoning_budget_tokens
+                                                   + config.max_tokens)
+
+
+@pytest.mark.timeout(120)
+async def test_r1_answer_cut_off_mid_sentence_ends_at_its_last_sentence(
+    engines: Engines, utterance: tuple, scripted_server: Callable[[Script], FaultServer],
+) -> None:
+    server = scripted_server(streams(
+        event("<think>quokka marmalade</think>"), event("Dogs are loyal"), event(" friends."),
+        event(" They also"), event(finish="length"), DONE))
+    runner, r1 = r1_runner(engines, server.base_url, None)
+    out = Recorder()
+    done = await runner.run(1, utterance[1], 450, out)
+    assert (done.status, done.engine, done.fallbacks) == ("ok", r1.name, {})
+    assert done.reply_text == "Dogs are loyal friends."
+    assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
+    assert not any(isinstance(e, ErrorEvent) for e in out.events)
+
+
+@pytest.mark.timeout(120)
+async def test_r1_answer_is_capped_at_max_tokens_after_its_reasoning(
+    engines: Engines, utterance: tuple, scripted_server: Callable[[Script], FaultServer],
+) -> None:
+    """The reasoning does not count against the answer's length, and the answer stops at
+    ``llm.max_tokens`` pieces even though the engine may generate more."""
+    thinking = [event("<think>")] + [event(" quokka") for _ in range(40)] + [event("</think>")]
+    answer = [event("One. "), event("Two. "), event("Three. "), event("Four"), event(" more. "),
+              event("Five. ")]
+    server = scripted_server(streams(*thinking, *answer, event(finish="stop"), DONE))
+    runner, r1 = r1_runner(engines, server.base_url, None, max_tokens=4)
+    done = await runner.run(1, utterance[1], 450, Recorder())
+    assert (done.status, done.engine) == ("ok", r1.name)
+    assert done.reply_text == "One. Two. Three."
+    assert server.requests[0][2]["max_tokens"] == make_config().llm.reasoning_budget_tokens + 4

@@ -13,19 +13,19 @@ import pytest
 from tests.conftest import harvard_clips, make_config
 from tests.fakes import Recorder, ScriptedLlm
 from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
-from voice_agent.emotion import LABELS
+from voice_agent.emotion import LABELS, EmotionTag
 from voice_agent.engines import Engines
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.chain import LlmChain
-from voice_agent.prompt import TAG_NOTE, system_prompt
+from voice_agent.llm.conversation import Conversation
+from voice_agent.prompt import TAG_NOTE, system_prompt, tag_note
 from voice_agent.server.protocol import EmotionEvent, ErrorEvent, ReplyText, TranscriptEvent
 from voice_agent.tts.base import TtsEngine
 from voice_agent.turn import TurnRunner
 
 pytestmark = pytest.mark.slow
 
-TAG_LINE = re.compile(
-    r"^\[speaker: label=[a-z]+ valence=-?\d\.\d\d arousal=\d\.\d\d confidence=\d\.\d\d\]$")
+TAG_LINE = re.compile(r"^\[tone: (happy|excited|sad|angry|anxious|hesitant)\]$")
 REPLY = "I understand. Let me sort that out for you right away."
 
 
@@ -75,8 +75,10 @@ async def test_real_turn_sends_the_tag_and_prompts_with_it(engines: Engines) -> 
     assert "emotion_ms" in done.timings_ms
     messages = runner.conversation.messages("next")
     assert TAG_NOTE in messages[0].content
-    assert messages[1].role == "system" and TAG_LINE.match(messages[1].content), messages
-    assert messages[2] == ChatMessage("user", done.transcript)
+    # A neutral or unsure tag gives the wording nothing to go on: no note at all.
+    note = tag_note(EmotionTag(label=tag.label, confidence=tag.confidence))
+    assert messages[1:-2] == [*([ChatMessage("system", note)] if note else []),
+                              ChatMessage("user", done.transcript)], messages
     assert "speaker" not in done.reply_text.lower() and "[" not in done.reply_text
 
 
@@ -94,7 +96,7 @@ async def test_upset_speaker_is_tagged_and_answered_slower(engines: Engines) -> 
     assert tag.length_scale > 1.05
     system, note, user = shaped.prompts[0]
     assert note.role == "system" and TAG_LINE.match(note.content)
-    assert "label=" + tag.label in note.content
+    assert note.content == f"[tone: {tag.label}]"
     assert "calmly" in system.content  # the wording rules, fixed
     assert [m.role for m in plain.prompts[0]] == ["system", "user"]  # no tag
     assert plain.prompts[0][-1] == user and "calmly" not in plain.prompts[0][0].content
@@ -120,7 +122,7 @@ async def test_system_prompt_is_the_same_whatever_the_tag(engines: Engines) -> N
     assert first[0].content == system_prompt(make_config())
     assert second[: len(first)] == first  # the new prompt extends the last one exactly
     assert second[len(first)] == ChatMessage("assistant", REPLY)
-    assert all(TAG_LINE.match(p[-2].content) for p in llm.prompts)
+    assert TAG_LINE.match(second[-2].content)  # the furious one is tagged
 
 
 async def test_disabled_emotion_sends_nothing_and_prompts_plainly(engines: Engines) -> None:
@@ -169,7 +171,7 @@ class TagCopier(ScriptedLlm):
         self.calls += 1
         self.prompts.append(list(messages))
         note = messages[-2].content
-        yield note if note.startswith("[speaker:") else "It opens at nine."
+        yield note if note.startswith("[tone:") else "It opens at nine."
 
 
 async def test_a_reply_that_is_only_a_copied_tag_is_asked_again_without_it(
@@ -178,8 +180,68 @@ async def test_a_reply_that_is_only_a_copied_tag_is_asked_again_without_it(
     llm = TagCopier([])
     out = Recorder()
     done = await scripted_runner(engines, llm).run(
-        1, spoken(engines, "When does the pharmacy open?", gain=0.7), 450, out)
+        1, spoken(engines, "I am furious, when does the pharmacy open?", gain=2.0), 450, out)
     assert done.status == "ok" and done.reply_text == "It opens at nine."
     assert done.fallbacks == {} and llm.calls == 2
     assert [m.role for m in llm.prompts[1]] == ["system", "user"]
     assert not any(isinstance(e, ErrorEvent) for e in out.events)
+
+
+async def test_a_sentence_about_the_tag_is_neither_shown_nor_spoken(engines: Engines) -> None:
+    llm = ScriptedLlm(["This sounds neutral, with a valence", " of 0.00 and arousal 0.50. ",
+                       "It opens at nine."])
+    out = Recorder()
+    done = await scripted_runner(engines, llm).run(
+        1, spoken(engines, "When does the pharmacy open?", gain=0.7), 450, out)
+    assert done.status == "ok" and done.reply_text == "It opens at nine."
+    assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
+    back = engines.asr.transcribe(np.frombuffer(bytes(out.pcm), "<i2")).text.lower()
+    assert "opens" in back and "valence" not in back and "arousal" not in back
+
+
+class TagTalker(ScriptedLlm):
+    """Answers a tagged turn by discussing its tag (what the embedded model did to "a
+    neutral sentence"); answers an untagged one properly."""
+
+    def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
+        self.calls += 1
+        self.prompts.append(list(messages))
+        tagged = messages[-2].role == "system"
+        yield ("This sentence is a mix of both neutral valence (-0.03) and low arousal."
+               if tagged else "It opens at nine.")
+
+
+async def test_a_reply_that_only_discusses_the_tag_is_asked_again_without_it(
+    engines: Engines,
+) -> None:
+    llm = TagTalker([])
+    out = Recorder()
+    done = await scripted_runner(engines, llm).run(
+        1, spoken(engines, "I am furious, when does the pharmacy open?", gain=2.0), 450, out)
+    assert llm.prompts[0][-2].role == "system", "this turn must have been tagged"
+    assert done.status == "ok" and done.reply_text == "It opens at nine."
+    assert llm.calls == 2 and [m.role for m in llm.prompts[1]] == ["system", "user"]
+    assert not any(isinstance(e, ErrorEvent) for e in out.events)
+
+
+TAG_TALK = re.compile(r"valence|arousal|confidence|speaker|\btags?\b|\blabel|\bneutral\b|"
+                      r"\btone:|\[", re.IGNORECASE)
+"""The tag's words (as benchmarks/tag_mentions.py counts them)."""
+
+
+@pytest.mark.timeout(240)
+async def test_the_embedded_model_never_discusses_the_tag(engines: Engines) -> None:
+    """Real turns on the embedded model with a fixed seed, over sentences in several moods."""
+    sentences = [("This is a neutral sentence.", 0.7),
+                 ("I am furious. This is terrible, I hate waiting!", 2.0),
+                 ("I feel so sad and alone today.", 0.5),
+                 ("Wow, that is wonderful news, thank you so much!", 1.5),
+                 ("Um, I, uh, I am not sure what to ask.", 0.7)]
+    runner = TurnRunner(engines, make_config(), output_rate=16000)
+    replies = []
+    for turn_id, (sentence, gain) in enumerate(sentences, 1):
+        runner.conversation = Conversation(runner.conversation.system_prompt, 0)
+        done = await runner.run(turn_id, spoken(engines, sentence, gain), 450, Recorder())
+        assert done.status == "ok", done
+        replies.append(done.reply_text)
+    assert not [r for r in replies if TAG_TALK.search(r)], replies

@@ -109,7 +109,15 @@ class LlmConfig:
     )
     """Sent as the system message of every conversation."""
     max_tokens: int = 96
-    """Upper bound of one reply; spoken replies should be short."""
+    """Length cap of one answer, in tokens (pieces) after any reasoning. A model that does not
+    reason is asked for at most this many; a reasoning model (DeepSeek-R1) is asked for
+    ``reasoning_budget_tokens + max_tokens`` and the turn stops its answer after this many.
+    An answer cut here is spoken up to its last complete sentence."""
+    max_reply_s: float = 12.0
+    """Longest spoken reply, in seconds of audio: a sentence that would take the reply past
+    it is not spoken, and the model is stopped. The system prompt asks for one or two short
+    sentences (3-8 s); 12 s lets those through whole and cuts the 20-27 s rambles. The
+    first sentence is always spoken (it streams as it is synthesized)."""
     temperature: float = 0.3
     """Sampling temperature."""
     top_p: float = 0.95
@@ -158,7 +166,9 @@ class LlmConfig:
     """Reasoning longer than this without an answer fails the engine for this turn (the next
     engine in the chain answers, or the turn ends with the apology)."""
     reasoning_budget_tokens: int = 512
-    """The same budget in reasoning tokens (pieces)."""
+    """The same budget in reasoning tokens (pieces). A reasoning model's generation limit is
+    this plus ``max_tokens``, so thinking up to the budget still leaves room for the whole
+    answer."""
     apology_text: str = "Sorry, I lost my train of thought. Could you ask me again?"
     """Spoken when an engine fails after part of its answer was already spoken: the answer is
     not restarted (the person would hear its start twice)."""
@@ -181,6 +191,7 @@ class LlmConfig:
         _check(self.reasoning_budget_s > 0, "llm.reasoning_budget_s must be > 0")
         _check(self.reasoning_budget_tokens >= 1, "llm.reasoning_budget_tokens must be >= 1")
         _check(1 <= self.max_tokens <= 4096, "llm.max_tokens must be 1..4096")
+        _check(1.0 <= self.max_reply_s <= 600.0, "llm.max_reply_s must be 1..600")
         _check(0.0 <= self.temperature <= 2.0, "llm.temperature must be 0..2")
         _check(0.0 < self.top_p <= 1.0, "llm.top_p must be in (0, 1]")
         _check(0 <= self.history_turns <= 100, "llm.history_turns must be 0..100")

@@ -61,6 +61,13 @@ class EngineTimeout(EngineError):
     code = "engine_timeout"
 
 
+class EngineTruncated(EngineError):
+    """An LLM stream ended at its generation limit (``finish_reason = "length"``). Raised at
+    the end of the stream, after every piece: the turn decides what of it may be spoken."""
+
+    code = "llm_truncated"
+
+
 class Overloaded(VoiceAgentError):
     """The service refuses more work than its bounded queues allow."""
 

@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,11 +25,11 @@ from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
 from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
 from voice_agent.engines import Engines
-from voice_agent.errors import EngineError, VoiceAgentError
+from voice_agent.errors import EngineError, EngineTruncated, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
-from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, tag_note
+from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, mentions_tag, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
@@ -81,6 +81,10 @@ class _Turn:
     """Engines that failed this turn, with their error codes."""
     answer_started: bool = False
     """Answer text (not an acknowledgement) was shown or spoken: no engine may restart it."""
+    answer_sentences: int = 0
+    """Sentences of the answer queued for speech (not acknowledgements or apologies)."""
+    reply_full: bool = False
+    """``llm.max_reply_s`` reached: nothing more is spoken, and the model is stopped."""
     error: VoiceAgentError | None = None
 
     def mark(self, name: str) -> None:
@@ -90,10 +94,36 @@ class _Turn:
         self.mark("first_sentence_ms")
         await self.sentences.put(sentence)
 
+    async def queue_answer(self, sentence: str) -> None:
+        """A sentence of the model's answer; one that talks about the emotion tag is dropped
+        (small models sometimes explain the tag instead of answering)."""
+        if mentions_tag(sentence):
+            log.info("turn %d: dropped a sentence about the emotion tag", self.turn_id)
+            return
+        self.answer_sentences += 1
+        await self.queue_sentence(sentence)
+
     async def queue_rest(self) -> None:
         """Whatever the chunker still holds, as sentences."""
         for sentence in self.chunker.finish():
-            await self.queue_sentence(sentence)
+            await self.queue_answer(sentence)
+
+    async def queue_complete(self) -> None:
+        """After a cut-off answer: what the chunker holds, only if it ends a sentence."""
+        sentences, _dropped = self.chunker.finish_complete()
+        for sentence in sentences:
+            await self.queue_answer(sentence)
+
+
+async def _until_truncated(pieces: AsyncIterator[str], seen: list[EngineTruncated]
+                           ) -> AsyncGenerator[str, None]:
+    """The pieces; a length cut-off at their end is put in ``seen`` instead of raised, so the
+    turn can judge it against what it has already spoken."""
+    try:
+        async for piece in pieces:
+            yield piece
+    except EngineTruncated as exc:
+        seen.append(exc)
 
 
 class TurnRunner:
@@ -244,12 +274,13 @@ class TurnRunner:
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
         echo = SpanFilter(ECHO_MARKERS, inside=ECHO_INSIDE)
         started = time.perf_counter()
-        reasoning_pieces = 0
-        acknowledged = False
+        reasoning_pieces = answer_pieces = 0
+        acknowledged = cut = False
         # Through the engine's queue: llm_queue_ms, then llm_first_token_ms from its start.
         tokens = self._engines.llm.stream(engine, messages, timings=turn.timings)
-        async with aclosing(tokens):
-            async for piece in tokens:
+        truncated: list[EngineTruncated] = []
+        async with aclosing(tokens), aclosing(_until_truncated(tokens, truncated)) as pieces:
+            async for piece in pieces:
                 filtered = reasoning.feed(piece)
                 if filtered.reasoning:
                     reasoning_pieces += 1
@@ -268,16 +299,34 @@ class TurnRunner:
                             f"{engine.name} reasoned {thinking_s:.1f} s ({reasoning_pieces} "
                             "pieces) without an answer", code="reasoning_budget")
                 await self._speakable(turn, echo.feed(filtered.speech))
+                if filtered.speech:
+                    answer_pieces += 1
+                if turn.reply_full or answer_pieces >= config.max_tokens:
+                    cut = True  # leaving the loop closes the stream: the engine stops
+                    break
+        if truncated:
+            if reasoning.in_reasoning:
+                # Cut mid-thought, or before the stream showed whether it was thinking:
+                # none of it is an answer (an R1 whose template opened <think> would
+                # otherwise have its reasoning spoken word for word).
+                raise truncated[0]
+            cut = True
+        if cut:
+            await turn.queue_complete()
+            if not turn.answer_sentences:
+                turn.answer_started = False  # nothing was shown or spoken: another may answer
+                raise EngineTruncated(f"{engine.name} was cut off before its first sentence "
+                                      "ended")
+            return
         await self._speakable(turn, echo.feed(reasoning.finish().speech) + echo.finish())
-        if not turn.answer_started:
+        await turn.queue_rest()
+        if not turn.answer_sentences:
+            turn.answer_started = False
             raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
 
     @staticmethod
     async def _say(turn: _Turn, text: str) -> None:
         """Speak a fixed sentence (acknowledgement, apology) as part of the reply."""
-        delta = f" {text}" if turn.reply else text
-        turn.reply.append(delta)
-        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=delta))
         await turn.queue_sentence(text)
 
     async def _apologize(self, turn: _Turn, error: VoiceAgentError) -> None:
@@ -293,19 +342,36 @@ class TurnRunner:
             text = text.lstrip()
         if not text:
             return
-        if turn.reply and not turn.answer_started:
-            text = " " + text  # after an acknowledgement
         turn.answer_started = True
-        turn.reply.append(text)
-        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=text))
         for sentence in turn.chunker.feed(text):
-            await turn.queue_sentence(sentence)
+            await turn.queue_answer(sentence)
+
+    @staticmethod
+    async def _show(turn: _Turn, sentence: str) -> None:
+        """Send a sentence as reply text as it starts being spoken: the text a client shows
+        is exactly what the person hears (nothing held back or cut is ever shown)."""
+        delta = f" {sentence}" if turn.reply else sentence
+        turn.reply.append(delta)
+        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=delta))
 
     async def _speak(self, turn: _Turn) -> None:
         tts, config = self._engines.tts, self._config.tts
         resampler = StreamResampler(tts.sample_rate, self._output_rate)
         frame = max(1, self._output_rate * AUDIO_FRAME_MS // 1000)
+        limit = self._config.llm.max_reply_s * tts.sample_rate
+        synthesized = 0
+        """Samples (at the TTS rate) of the sentences spoken so far."""
         while (sentence := await turn.sentences.get()) is not None:
+            if turn.reply_full:
+                continue  # drained, so the model's side never blocks on a full queue
+            # The first sentence streams as it is synthesized (it is what the person waits
+            # for) and is always spoken; a later one is synthesized whole first, then spoken
+            # only if it fits in llm.max_reply_s. The one before it is still playing, so
+            # holding it back costs no silence.
+            streaming = not turn.reply
+            held: list[Int16Array] = []
+            if streaming:
+                await self._show(turn, sentence)
             synth_started = time.perf_counter()
             chunks = iterate_in_thread(
                 functools.partial(self._synthesize, sentence, turn.rate_factor),
@@ -317,6 +383,17 @@ class TurnRunner:
                     if "tts_first_chunk_ms" not in turn.timings:
                         turn.timings["tts_first_chunk_ms"] = round(
                             (time.perf_counter() - synth_started) * 1000, 1)
+                    synthesized += chunk.size
+                    if streaming:
+                        await self._send_audio(turn, resampler.process(chunk), frame)
+                    else:
+                        held.append(chunk)
+            if not streaming:
+                if synthesized > limit:
+                    turn.reply_full = True
+                    continue
+                await self._show(turn, sentence)
+                for chunk in held:
                     await self._send_audio(turn, resampler.process(chunk), frame)
             turn.spoken.append(sentence)
         await self._send_audio(turn, resampler.flush(), frame)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from voice_agent.config import LlmConfig
-from voice_agent.errors import ConfigError, EngineError, EngineTimeout
+from voice_agent.errors import ConfigError, EngineError, EngineTimeout, EngineTruncated
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.openai_http import API_KEY_ENV, OpenAiHttpEngine, _SseDecoder
 from voice_agent.llm.text import ReasoningFilter
@@ -455,8 +455,33 @@ def test_r1_by_name_gets_r1_sampling_and_no_system_message(
 
 
 def test_reasoning_without_answer_is_closed(serve: Callable[[Script], FaultServer]) -> None:
-    server = serve(streams(event(reasoning="Hmm."), event(finish="length"), DONE))
+    server = serve(streams(event(reasoning="Hmm."), event(finish="stop"), DONE))
     assert "".join(collect(server.engine())) == "<think>Hmm.</think>"
+
+
+@pytest.mark.parametrize("then", [[DONE], []], ids=["done", "no-done"])
+def test_length_cut_off_is_reported_after_every_piece(
+        serve: Callable[[Script], FaultServer], then: list[bytes]) -> None:
+    """The turn needs to know the stream was cut (an R1 cut mid-thought has no answer), and
+    still gets every piece first (an answer cut mid-sentence keeps its finished ones)."""
+    server = serve(streams(event(reasoning="Hmm."), event("Yes. And"), event(finish="length"),
+                           *then))
+    pieces: list[str] = []
+    err = raises_engine_error(server.engine(), pieces)
+    assert isinstance(err, EngineTruncated)
+    assert (err.code, err.transient) == ("llm_truncated", True)
+    assert "".join(pieces) == "<think>Hmm.</think>Yes. And"
+
+
+def test_r1_is_asked_for_its_reasoning_budget_plus_the_answer(
+        serve: Callable[[Script], FaultServer]) -> None:
+    """Not ``max_tokens`` for both: R1 thinks for hundreds of tokens before it answers."""
+    server = serve(streams(event("Paris."), event(finish="stop"), DONE))
+    config = LlmConfig()
+    collect(OpenAiHttpEngine.from_spec(f"{server.base_url}#deepseek-r1", config))
+    collect(OpenAiHttpEngine.from_spec(f"{server.base_url}#qwen2.5", config))
+    limits = [body["max_tokens"] for _, _, body in server.requests]
+    assert limits == [config.reasoning_budget_tokens + config.max_tokens, config.max_tokens]
 
 
 STREAM = (event("Hel") + b": keepalive\n\n" + event("lo, wörld ☃")

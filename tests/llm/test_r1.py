@@ -16,6 +16,7 @@ from voice_agent.config import LlmConfig
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.r1 import (
     R1_SAMPLING,
+    PromptPolicy,
     adapt_messages,
     generation_opens_reasoning,
     is_deepseek_r1,
@@ -250,3 +251,21 @@ def test_smollm2_template_keeps_system_and_needs_no_folding(smollm2_llama: Any) 
 def test_r1_template_keeps_only_the_last_system_message(r1_llama: Any) -> None:
     """So the per-turn emotion note must be folded into the user turn for R1."""
     assert template_keeps_late_system(template_of(r1_llama), BOS, EOS) is False
+
+
+@pytest.mark.slow
+def test_r1_generation_limit_leaves_room_for_the_whole_answer(
+        r1_llama: Any, smollm2_llama: Any) -> None:
+    """With the defaults, R1 may think up to its reasoning budget and still answer in full;
+    a model that does not reason keeps the answer's length as its limit."""
+    config = LlmConfig()
+    r1 = PromptPolicy.for_template(template_of(r1_llama), "", config, bos_token=BOS,
+                                   eos_token=EOS)
+    assert r1.reasons
+    assert r1.generation_limit(config) == config.reasoning_budget_tokens + config.max_tokens
+    assert r1.generation_limit(config) > config.reasoning_budget_tokens
+    smollm2 = PromptPolicy.for_template(template_of(smollm2_llama), "smollm2", config)
+    assert not smollm2.reasons
+    assert smollm2.generation_limit(config) == config.max_tokens
+    by_name = PromptPolicy.for_template("", "deepseek-r1:7b", config)
+    assert by_name.generation_limit(config) == config.reasoning_budget_tokens + config.max_tokens

@@ -340,3 +340,20 @@ def test_a_copied_tag_ends_where_the_tag_alphabet_ends(text: str, expected: str)
     for pieces in ([text], list(text)):
         spans = SpanFilter(ECHO_MARKERS, inside=ECHO_INSIDE)
         assert "".join(spans.feed(p) for p in pieces) + spans.finish() == expected
+
+
+@pytest.mark.parametrize(("text", "spoken", "dropped"), [
+    ("Dogs are loyal. They also", ["Dogs are loyal."], "They also"),
+    ("Dogs are loyal. They also love walks.", ["Dogs are loyal.", "They also love walks."], ""),
+    ('He said "yes!"', ['He said "yes!"'], ""),
+    ("Half a", [], "Half a"),
+    ("", [], ""),
+])
+def test_a_cut_off_reply_keeps_only_complete_sentences(
+        text: str, spoken: list[str], dropped: str) -> None:
+    for cut in range(len(text) + 1):
+        chunker = SentenceChunker()
+        chunks = chunker.feed(text[:cut]) + chunker.feed(text[cut:])
+        rest, lost = chunker.finish_complete()
+        assert (chunks + rest, lost) == (spoken, dropped)
+    assert SentenceChunker().finish_complete() == ([], "")

@@ -14,12 +14,13 @@ the template opens it (:class:`~voice_agent.llm.r1.PromptPolicy`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from voice_agent.config import LlmConfig
-from voice_agent.errors import EngineError, ModelError
+from voice_agent.errors import EngineError, EngineTruncated, ModelError
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.r1 import PromptPolicy
 
@@ -67,8 +68,9 @@ class LlamaCppEngine:
         if not system_prompt:
             return
         messages = [ChatMessage("system", system_prompt), ChatMessage("user", "Hello")]
-        for _ in self.stream(messages, threading.Event(), max_tokens=1):
-            pass
+        with contextlib.suppress(EngineTruncated):  # one token is all it asks for
+            for _ in self.stream(messages, threading.Event(), max_tokens=1):
+                pass
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by this model's tokenizer; the chain budgets the history with
@@ -90,19 +92,23 @@ class LlamaCppEngine:
                 chunks = self._llama.create_chat_completion(
                     messages=payload,
                     stream=True,
-                    max_tokens=max_tokens or self._config.max_tokens,
+                    max_tokens=max_tokens or self.policy.generation_limit(self._config),
                     temperature=self.policy.temperature,
                     top_p=self.policy.top_p,
                 )
+                finish = None
                 for chunk in chunks:
                     if cancel.is_set():
                         break
-                    delta: Any = chunk["choices"][0]["delta"]  # type: ignore[index]
-                    piece = delta.get("content")
+                    choice: Any = chunk["choices"][0]  # type: ignore[index]
+                    finish = choice.get("finish_reason") or finish
+                    piece = choice["delta"].get("content")
                     if piece:
                         yield str(piece)
             except Exception as exc:
                 raise EngineError(f"{self.name} failed: {exc}", code="llm_failed") from exc
+            if finish == "length" and not cancel.is_set():
+                raise EngineTruncated(f"{self.name}: the reply reached the generation limit")
 
 
 def _special_text(llama: Any, token: int) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from voice_agent.config import LlmConfig
-from voice_agent.errors import ConfigError, EngineError, EngineTimeout
+from voice_agent.errors import ConfigError, EngineError, EngineTimeout, EngineTruncated
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.r1 import PromptPolicy, is_deepseek_r1
 from voice_agent.llm.text import THINK_CLOSE, THINK_OPEN
@@ -256,7 +256,8 @@ class OpenAiHttpEngine:
             raise _error(f"{self.name}: expected an event stream, got JSON: "
                          f"{self._excerpt(response)}", "llm_bad_response")
         decoder = _SseDecoder()
-        thinking = finished = False
+        thinking = False
+        finish_reason = ""
         while not cancel.is_set():
             data = response.read1(_READ_SIZE)
             payloads = decoder.feed(data) if data else decoder.finish()
@@ -266,9 +267,10 @@ class OpenAiHttpEngine:
                 if payload.strip() == "[DONE]":
                     if thinking:
                         yield THINK_CLOSE
+                    self._check_length(finish_reason)
                     return
-                delta, done = self._parse(payload)
-                finished = finished or done
+                delta, reason = self._parse(payload)
+                finish_reason = finish_reason or reason
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 content = delta.get("content")
                 if isinstance(reasoning, str) and reasoning:
@@ -282,7 +284,8 @@ class OpenAiHttpEngine:
             if not data:
                 if thinking:
                     yield THINK_CLOSE
-                if finished or cancel.is_set():  # finish_reason seen: [DONE] is a formality
+                if finish_reason or cancel.is_set():  # [DONE] is a formality after it
+                    self._check_length(finish_reason)
                     return
                 raise _error(f"{self.name}: the server closed the stream before the reply "
                              "ended (no [DONE]; llama-cpp-python does this when the prompt "
@@ -290,8 +293,15 @@ class OpenAiHttpEngine:
             if time.monotonic() - progress > limit:  # keepalives alone do not count
                 raise EngineTimeout(f"{self.name}: no tokens for {limit:g} s")
 
-    def _parse(self, payload: str) -> tuple[dict[str, Any], bool]:
-        """The delta of one chunk and whether it carries a finish_reason."""
+    def _check_length(self, finish_reason: str) -> None:
+        """A stream the length limit cut off is not a whole reply: the turn must know (a
+        reasoning model cut mid-thought has no answer to speak)."""
+        if finish_reason == "length":
+            raise EngineTruncated(f"{self.name}: the reply reached the generation limit "
+                                  f"({self.policy.generation_limit(self._config)} tokens)")
+
+    def _parse(self, payload: str) -> tuple[dict[str, Any], str]:
+        """The delta of one chunk and its finish_reason ("" while the reply goes on)."""
         try:
             chunk = json.loads(payload)
         except ValueError:
@@ -306,17 +316,18 @@ class OpenAiHttpEngine:
                          "llm_http_error")
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
-            return {}, False  # e.g. a final usage-only chunk
+            return {}, ""  # e.g. a final usage-only chunk
         choice = choices[0] if isinstance(choices[0], dict) else {}
         delta = choice.get("delta")
-        return (delta if isinstance(delta, dict) else {}), bool(choice.get("finish_reason"))
+        reason = choice.get("finish_reason")
+        return (delta if isinstance(delta, dict) else {}), (str(reason) if reason else "")
 
     def _body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self.policy.payload(messages),
             "stream": True,
-            "max_tokens": self._config.max_tokens,
+            "max_tokens": self.policy.generation_limit(self._config),
             "temperature": self.policy.temperature,
             "top_p": self.policy.top_p,
         }

@@ -204,6 +204,22 @@ class PromptPolicy:
         return cls(is_r1=is_r1, fold_system=fold, fold_late_system=fold_late,
                    opens_reasoning=opens, temperature=temperature, top_p=top_p)
 
+    @property
+    def reasons(self) -> bool:
+        """The model thinks before it answers (R1, or a template that opens ``<think>``)."""
+        return self.is_r1 or self.opens_reasoning
+
+    def generation_limit(self, config: LlmConfig) -> int:
+        """Tokens the engine may generate for one reply.
+
+        A reasoning model gets its reasoning budget on top of the answer's length: with one
+        shared cap, R1's hundreds of thinking tokens would use it up before the answer began.
+        The turn itself still caps the answer at ``max_tokens`` pieces after the reasoning.
+        """
+        if self.reasons:
+            return config.reasoning_budget_tokens + config.max_tokens
+        return config.max_tokens
+
     def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         return adapt_messages(messages, keeps_system=not self.fold_system,
                               keeps_late_system=not self.fold_late_system)

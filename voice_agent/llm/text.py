@@ -158,6 +158,7 @@ _ABBREVIATIONS = frozenset(
 )
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
 _CLAUSE_END = re.compile(r"[,;:]\s+")
+_COMPLETE = re.compile(r"[.!?]+[\"')\]]*\s*$")
 _MARKUP = re.compile(r"[*#_`~]+")
 
 
@@ -197,6 +198,17 @@ class SentenceChunker:
         self._add(chunks, self._buffer)
         self._buffer = ""
         return chunks
+
+    def finish_complete(self) -> tuple[list[str], str]:
+        """Like :meth:`finish`, for a reply that was cut off (length limit, reply cap): the
+        held text becomes a chunk only if it ends a sentence; otherwise it is returned as
+        the second item, dropped (a half sentence is never spoken)."""
+        held, self._buffer = self._buffer, ""
+        if _COMPLETE.search(held):
+            chunks: list[str] = []
+            self._add(chunks, held)
+            return chunks, ""
+        return [], held.strip()
 
     def _add(self, chunks: list[str], chunk: str) -> None:
         cleaned = clean_for_speech(chunk)

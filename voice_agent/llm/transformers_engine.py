@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from voice_agent.config import LlmConfig
-from voice_agent.errors import EngineError, ModelError
+from voice_agent.errors import EngineError, EngineTruncated, ModelError
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.r1 import PromptPolicy
 
@@ -200,9 +200,12 @@ class TransformersEngine:
         torch = self._torch
         stop = threading.Event()
         """Set when the consumer goes away (closed generator, error) so generation ends."""
+        lengths = [0]
+        """Sequence length after each generated token (prompt included)."""
 
         class _Cancelled(StoppingCriteria):  # type: ignore[misc]
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                lengths.append(int(input_ids.shape[-1]))
                 done = cancel.is_set() or stop.is_set()
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
                                   device=input_ids.device)
@@ -219,6 +222,7 @@ class TransformersEngine:
                 raise self._oom(exc) from exc
             except Exception as exc:
                 raise EngineError(f"{self.name} failed: {exc}", code="llm_failed") from exc
+            prompt_length = int(inputs["input_ids"].shape[-1])
             streamer = TextIteratorStreamer(
                 self._tokenizer, skip_prompt=True, skip_special_tokens=True)
             generate_kwargs = dict(
@@ -257,6 +261,10 @@ class TransformersEngine:
                     log.warning("%s: generation still running %.0fs after its stream ended",
                                 self.name, waited)
                     worker.join(_JOIN_S)
+            # transformers reports no finish reason: the sequence length says it.
+            if (not failure and not cancel.is_set()
+                    and lengths[-1] - prompt_length >= generate_kwargs["max_new_tokens"]):
+                raise EngineTruncated(f"{self.name}: the reply reached the generation limit")
             if failure:
                 error = failure[0]
                 if isinstance(error, torch.cuda.OutOfMemoryError):
@@ -271,7 +279,7 @@ class TransformersEngine:
         if pad is None:
             pad = eos[0] if isinstance(eos, list) else eos
         options: dict[str, Any] = {
-            "max_new_tokens": self._config.max_tokens,
+            "max_new_tokens": self.policy.generation_limit(self._config),
             "eos_token_id": eos,
             "pad_token_id": pad,
         }
