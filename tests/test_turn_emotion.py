@@ -206,7 +206,7 @@ class TagTalker(ScriptedLlm):
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         self.calls += 1
         self.prompts.append(list(messages))
-        tagged = messages[-2].role == "system"
+        tagged = messages[-2].content.startswith("[tone:")
         yield ("This sentence is a mix of both neutral valence (-0.03) and low arousal."
                if tagged else "It opens at nine.")
 
@@ -218,7 +218,7 @@ async def test_a_reply_that_only_discusses_the_tag_is_asked_again_without_it(
     out = Recorder()
     done = await scripted_runner(engines, llm).run(
         1, spoken(engines, "I am furious, when does the pharmacy open?", gain=2.0), 450, out)
-    assert llm.prompts[0][-2].role == "system", "this turn must have been tagged"
+    assert llm.prompts[0][-2].content.startswith("[tone:"), "this turn must have been tagged"
     assert done.status == "ok" and done.reply_text == "It opens at nine."
     assert llm.calls == 2 and [m.role for m in llm.prompts[1]] == ["system", "user"]
     assert not any(isinstance(e, ErrorEvent) for e in out.events)
