@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from contextlib import aclosing
 
 import pytest
 
+from tests.llm.test_scheduler import answer
 from voice_agent.config import LlmConfig
 from voice_agent.errors import EngineError
 from voice_agent.llm.base import ChatMessage
@@ -177,9 +177,8 @@ async def test_many_long_turns_in_a_small_context_never_fail_the_real_engine() -
     try:
         for i in range(8):
             messages = conversation.messages(question.format(i=i))
-            async with aclosing(chain.stream(engine, messages)) as pieces:
-                answer = "".join([p async for p in pieces])
-            conversation.add(question.format(i=i), answer.strip() or "I am not sure.")
+            reply = await answer(chain.stream(engine, messages))
+            conversation.add(question.format(i=i), reply.strip() or "I am not sure.")
         messages = conversation.messages("And one more thing: what about rain?")
         total = sum(engine.count_tokens(m.content) for m in messages)
         assert total > config.n_ctx  # the whole history no longer fits
@@ -189,10 +188,8 @@ async def test_many_long_turns_in_a_small_context_never_fail_the_real_engine() -
         assert fitted[0] == messages[0] and fitted[-1] == messages[-1]
         assert "number 0" not in " ".join(m.content for m in fitted)  # oldest went first
         assert "number 7" in " ".join(m.content for m in fitted)
-        async with aclosing(chain.stream(engine, messages)) as pieces:
-            assert "".join([p async for p in pieces]).strip()
+        assert (await answer(chain.stream(engine, messages))).strip()
         # A single user turn longer than the whole context is cut, not an engine error.
-        async with aclosing(chain.stream(engine, conversation.messages(question * 40))) as p:
-            assert "".join([piece async for piece in p]).strip()
+        assert (await answer(chain.stream(engine, conversation.messages(question * 40)))).strip()
     finally:
         chain.close()

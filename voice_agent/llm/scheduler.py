@@ -197,11 +197,13 @@ class EngineLane:
         Consume it under ``contextlib.aclosing``.
         """
         queued = time.perf_counter()
-        await self.acquire(priority)
-        started = time.perf_counter()
-        if timings is not None:
-            waited = (started - queued) * 1000
-            timings["llm_queue_ms"] = round(timings.get("llm_queue_ms", 0.0) + waited, 1)
+        try:
+            await self.acquire(priority)
+        finally:  # a wait that ended in ``overloaded`` is queue time too
+            started = time.perf_counter()
+            if timings is not None:
+                waited = (started - queued) * 1000
+                timings["llm_queue_ms"] = round(timings.get("llm_queue_ms", 0.0) + waited, 1)
         call = next(self._calls)
         finished = threading.Event()
 
