@@ -28,7 +28,7 @@ from voice_agent.engines import Engines
 from voice_agent.errors import EngineError, EngineTruncated, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
-from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
+from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter, ends_sentence
 from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, mentions_tag, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
@@ -361,6 +361,9 @@ class TurnRunner:
         limit = self._config.llm.max_reply_s * tts.sample_rate
         synthesized = 0
         """Samples (at the TTS rate) of the sentences spoken so far."""
+        mid_sentence = False
+        """The last chunk ended at a clause break (the first chunk may): the rest of that
+        sentence is spoken too, or the reply would stop mid-sentence."""
         while (sentence := await turn.sentences.get()) is not None:
             if turn.reply_full:
                 continue  # drained, so the model's side never blocks on a full queue
@@ -368,7 +371,8 @@ class TurnRunner:
             # for) and is always spoken; a later one is synthesized whole first, then spoken
             # only if it fits in llm.max_reply_s. The one before it is still playing, so
             # holding it back costs no silence.
-            streaming = not turn.reply
+            streaming = not turn.reply or mid_sentence
+            mid_sentence = not ends_sentence(sentence)
             held: list[Int16Array] = []
             if streaming:
                 await self._show(turn, sentence)

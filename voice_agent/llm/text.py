@@ -162,6 +162,11 @@ _COMPLETE = re.compile(r"[.!?]+[\"')\]]*\s*$")
 _MARKUP = re.compile(r"[*#_`~]+")
 
 
+def ends_sentence(text: str) -> bool:
+    """Whether ``text`` (a chunk) ends a sentence, rather than at a clause break or a cut."""
+    return bool(_COMPLETE.search(text))
+
+
 def clean_for_speech(text: str) -> str:
     """Remove markdown symbols a TTS would read out, collapse whitespace."""
     return " ".join(_MARKUP.sub("", text).split())
