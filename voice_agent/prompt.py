@@ -23,11 +23,12 @@ Why this shape, measured with the embedded SmolLM2-135M on the 29 bench sentence
   seeds), costing ~300 ms of tokens before the answer even when removed; after the words, 4;
   as its own system message, 0 or 1 (two wordings of the note);
 - the full tag (``[speaker: label=neutral valence=-0.03 arousal=0.52 confidence=0.81]``) made
-  the model talk about it ("This sentence is a mix of both neutral valence (-0.03) and..."):
-  TAG_MENTIONS_BEFORE. Numbers invite discussion and a neutral tag has nothing to steer, so
-  only a confident, non-neutral label is sent: TAG_MENTIONS_AFTER
-  (``benchmarks/tag_mentions.py``). The turn also drops any sentence that still talks about
-  the tag (:func:`mentions_tag`).
+  the model talk about it ("... as a neutral valence chemistry assistant, I'm not ..."): 4
+  of 58 spoken replies (29 bench clips, 2 seeds) held the tag's words. Numbers invite
+  discussion and a neutral tag has nothing to steer, so only a confident, non-neutral label
+  is sent: 0 of 58 spoken (the model copied ``[tone: happy]`` twice, removed by the echo
+  filter), measured with ``benchmarks/tag_mentions.py``. The turn also drops any sentence
+  that still talks about the tag (:func:`mentions_tag`).
 """
 
 from __future__ import annotations
