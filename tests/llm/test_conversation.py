@@ -173,9 +173,12 @@ async def test_many_long_turns_in_a_small_context_never_fail_the_real_engine() -
     conversation = Conversation("You are brief.", max_turns=100)
     question = ("I was reading about how bridges are designed to carry heavy loads across "
                 "wide rivers, and about the steel cables and concrete towers, and now I "
-                "wonder about something. Question number {i}: why do they sway in wind?")
+                "wonder about something. My uncle builds them, and he told me once that "
+                "every bridge moves a little, even the stiffest ones, when trucks cross it "
+                "or when the temperature changes between day and night, which surprised "
+                "me. Question number {i}: why do they sway in wind?")
     try:
-        for i in range(8):
+        for i in range(5):
             messages = conversation.messages(question.format(i=i))
             reply = await answer(chain.stream(engine, messages))
             conversation.add(question.format(i=i), reply.strip() or "I am not sure.")
@@ -187,7 +190,7 @@ async def test_many_long_turns_in_a_small_context_never_fail_the_real_engine() -
         fitted = chain.fit(engine, messages)
         assert fitted[0] == messages[0] and fitted[-1] == messages[-1]
         assert "number 0" not in " ".join(m.content for m in fitted)  # oldest went first
-        assert "number 7" in " ".join(m.content for m in fitted)
+        assert "number 4" in " ".join(m.content for m in fitted)
         assert (await answer(chain.stream(engine, messages))).strip()
         # A single user turn longer than the whole context is cut, not an engine error.
         assert (await answer(chain.stream(engine, conversation.messages(question * 40)))).strip()
