@@ -76,7 +76,7 @@ def load_llm_engine(spec: str, config: Config, manifest: Manifest) -> LlmEngine:
 
 def load_llm(config: Config, manifest: Manifest) -> LlmChain:
     engines = [load_llm_engine(spec, config, manifest) for spec in config.llm.engines]
-    return LlmChain(engines, config.llm)
+    return LlmChain(engines, config.llm, system_prompt=system_prompt(config))
 
 
 def load_tts(config: Config, manifest: Manifest) -> PiperTts:

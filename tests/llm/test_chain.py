@@ -97,6 +97,19 @@ def test_chain_skips_open_engines_and_returns_to_the_primary_after_a_probe() -> 
     assert primary.calls == 2 and chain.candidates() == [primary, backup]
 
 
+def test_probe_starts_with_the_system_prompt_so_the_turns_prefix_stays_cached() -> None:
+    primary = ScriptedLlm(["OK"], name="primary")
+    now = [0.0]
+    chain = LlmChain([primary], config(), clock=lambda: now[0], system_prompt="Be brief.")
+    chain.record(primary, success=False)
+    chain.record(primary, success=False)
+    now[0] = 11.0
+    asyncio.run(chain.probe_due_engines())
+    assert primary.calls == 1
+    first = primary.prompts[0][0]
+    assert (first.role, first.content) == ("system", "Be brief.")
+
+
 def test_chain_with_every_breaker_open_still_tries_them_all() -> None:
     primary, backup = ScriptedLlm([], name="a"), ScriptedLlm([], name="b")
     chain = LlmChain([primary, backup], config(breaker_consecutive_failures=1))

@@ -122,7 +122,12 @@ class LlmChain:
         config: LlmConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        system_prompt: str = "",
     ) -> None:
+        """``system_prompt``: the sessions' system prompt. Probes send it too, so a probe
+        extends the prefix every turn starts with and llama.cpp keeps that prompt's KV cache
+        (a bare probe would evict it and make the next turn re-read the whole system prompt,
+        seconds on a CPU, against a 3 s first-token limit)."""
         if not engines:
             raise ValueError("an LLM chain needs at least one engine")
         self.scheduler = Scheduler(config)
@@ -130,6 +135,9 @@ class LlmChain:
                       for e in engines]
         self._config = config
         self._clock = clock
+        self._probe_messages = (
+            (ChatMessage("system", system_prompt), *PROBE_MESSAGES) if system_prompt
+            else PROBE_MESSAGES)
 
     @property
     def primary(self) -> LlmEngine:
@@ -235,7 +243,7 @@ class LlmChain:
     async def _probe(self, engine: LlmEngine) -> bool:
         """One token proves the engine answers. The probe queues behind turns (a busy
         engine is not a broken one) and its first token gets the turns' time limit."""
-        pieces = self.stream(engine, PROBE_MESSAGES, priority=Priority.PROBE)
+        pieces = self.stream(engine, self._probe_messages, priority=Priority.PROBE)
         try:
             async for _ in pieces:
                 return True
