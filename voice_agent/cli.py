@@ -73,8 +73,11 @@ async def _serve(config: Config) -> None:
             interval = sdnotify.watchdog_interval_s()
             watchdog = asyncio.create_task(sdnotify.watchdog_loop(interval)) if interval else None
             await stop.wait()
-            _progress("stopping…")
+            _progress("stopping: finishing running turns…")
             sdnotify.notify("STOPPING=1")
+            # Sessions get their turn_done and session_end (bounded by server.drain_timeout_s
+            # + send + close timeouts); the watchdog keeps pinging meanwhile.
+            await server.drain()
             if watchdog is not None:
                 watchdog.cancel()
     finally:
@@ -174,6 +177,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from voice_agent.bench import run_bench
 
     config = _config(args)
+    if args.people:
+        from voice_agent.bench_people import run_people_bench
+
+        return asyncio.run(run_people_bench(config, people=args.people, turns=args.turns,
+                                            json_path=args.json))
     return asyncio.run(run_bench(config, json_path=args.json, limit=args.clips,
                                  concurrency=args.concurrency))
 
@@ -263,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, help="use at most this many clips")
     p.add_argument("--concurrency", type=int, default=1, choices=range(1, 17),
                    metavar="N", help="conversations at once (default 1)")
+    p.add_argument("--people", type=int, choices=range(1, 33), metavar="N",
+                   help="instead: N people talking like people (speak, hear the reply out, "
+                        "pause 1-3 s, speak again), against one person alone, same run")
+    p.add_argument("--turns", type=int, default=5, help="utterances per person (--people)")
     llm_option(p)
     p.set_defaults(func=cmd_bench)
 

@@ -295,6 +295,14 @@ class ServerConfig:
     """How long a closing handshake may take."""
     max_errors: int = 50
     """A session that earns this many client errors is closed as abusive (1008)."""
+    send_timeout_s: float = 10.0
+    """A client that takes nothing from a send for this long (it stopped reading) is cut
+    off; its running turn still ends and is recorded."""
+    drain_timeout_s: float = 10.0
+    """On SIGTERM, how long running turns may take to finish before they are cancelled
+    (each still ends with its ``turn_done``; then ``session_end`` reason ``shutdown``, close
+    1001). The systemd unit's ``TimeoutStopSec`` covers this + ``send_timeout_s`` +
+    ``close_timeout_s``."""
 
     def validate(self) -> None:
         _check(0 <= self.port <= 65535, "server.port must be 0..65535")
@@ -302,6 +310,8 @@ class ServerConfig:
         _check(1024 <= self.max_message_bytes <= 64 << 20, "server.max_message_bytes range")
         _check(2 <= self.input_queue_frames <= 100_000, "server.input_queue_frames range")
         _check(self.max_errors >= 1, "server.max_errors must be >= 1")
+        _check(0.1 <= self.send_timeout_s <= 300, "server.send_timeout_s must be 0.1..300")
+        _check(0 <= self.drain_timeout_s <= 300, "server.drain_timeout_s must be 0..300")
         _check(bool(self.tls_cert) or not self.tls_key, "server.tls_key needs server.tls_cert")
         _check(1 <= self.max_connections_per_address <= 1024,
                "server.max_connections_per_address must be 1..1024")

@@ -68,6 +68,14 @@ class EngineTruncated(EngineError):
     code = "llm_truncated"
 
 
+class ClientGone(VoiceAgentError):
+    """The client disconnected, or stopped reading for ``server.send_timeout_s`` (and was
+    closed): nothing more can be sent to it. Its turns still end and are recorded."""
+
+    code = "client_gone"
+    transient = True
+
+
 class Overloaded(VoiceAgentError):
     """The service refuses more work than its bounded queues allow."""
 

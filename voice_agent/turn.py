@@ -163,8 +163,11 @@ class TurnRunner:
                 log.warning("turn %d failed: %s (%s)", turn_id, error.code, exc)
             else:
                 log.exception("turn %d failed unexpectedly", turn_id)
-            await out.event(ErrorEvent(code=error.code, message=str(error),
-                                       transient=error.transient, turn_id=turn_id))
+            try:
+                await out.event(ErrorEvent(code=error.code, message=str(error),
+                                           transient=error.transient, turn_id=turn_id))
+            except Exception as send_exc:  # the output itself failed: the turn ends anyway
+                log.debug("turn %d: could not report its error: %r", turn_id, send_exc)
         if turn.transcript and turn.answer_started:
             self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
         turn.mark("total_ms")
@@ -199,9 +202,14 @@ class TurnRunner:
             await turn.sentences.put(None)
             await speaker
         finally:
-            if not speaker.done():
+            # Cancel until it has ended: Python 3.11's wait_for (inside iterate_in_thread)
+            # can swallow a cancel that races an item, and the speaker would then wait on
+            # the sentence queue forever (a turn that never ends).
+            while not speaker.done():
                 speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=True)
+                await asyncio.wait({speaker}, timeout=0.1)
+            if not speaker.cancelled():
+                speaker.exception()  # retrieved: a client gone is not "never retrieved"
 
     async def _hear_emotion(self, turn: _Turn, audio: Int16Array, transcript: Transcript) -> str:
         """Tag how the person sounds, tell the client, and return the note for the LLM

@@ -10,6 +10,7 @@ in time) close the socket. Plain HTTP ``GET /healthz`` answers ``ok`` for probes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ from voice_agent.audit import AuditLog
 from voice_agent.config import Config
 from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
-from voice_agent.errors import ProtocolError, VoiceAgentError
+from voice_agent.errors import ClientGone, ProtocolError, VoiceAgentError
 from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice_agent.metrics import Metrics
 from voice_agent.server.access import (
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
 """A client must send ``start`` within this after connecting."""
-SEND_TIMEOUT_S = 10.0
-"""A client that does not read for this long is closed (its reply would pile up)."""
 
 
 class Connection:
@@ -93,6 +92,8 @@ class Connection:
         self._errors = 0
         self._driver: SessionDriver | None = None
         self._closing = False
+        self._draining = False
+        self._gone = False
 
     # --- sending ---------------------------------------------------------------------
 
@@ -101,11 +102,28 @@ class Connection:
         async with self._send_lock:
             self._seq += 1
             text = encode(dataclasses.replace(event, seq=self._seq))
-            await asyncio.wait_for(self.ws.send(text), SEND_TIMEOUT_S)
+            await self._send(text)
 
     async def audio(self, pcm: bytes) -> None:
         async with self._send_lock:
-            await asyncio.wait_for(self.ws.send(pcm), SEND_TIMEOUT_S)
+            await self._send(pcm)
+
+    async def _send(self, data: str | bytes) -> None:
+        """Send, or raise :class:`ClientGone`. A client that takes nothing for
+        ``server.send_timeout_s`` is cut off at once (no closing handshake: it would queue
+        behind the data it is not reading), which also ends the receive loop."""
+        if self._gone:
+            raise ClientGone("the client is gone")
+        try:
+            await asyncio.wait_for(self.ws.send(data), self.config.server.send_timeout_s)
+        except TimeoutError:
+            self._gone = True
+            log.info("session %s: client stopped reading; closing", self.session_id)
+            self.ws.transport.abort()
+            raise ClientGone("the client stopped reading") from None
+        except ConnectionClosed as exc:
+            self._gone = True
+            raise ClientGone("the client disconnected") from exc
 
     async def _client_error(self, exc: VoiceAgentError) -> None:
         self._errors += 1
@@ -121,7 +139,7 @@ class Connection:
             if start is None or not await self._admit():
                 return
             await self._run(start)
-        except ConnectionClosed:
+        except (ConnectionClosed, ClientGone):
             pass
         finally:
             if self._driver is not None:
@@ -230,6 +248,8 @@ class Connection:
             except VoiceAgentError as exc:
                 await self._client_error(exc)
                 continue
+            if self._draining:
+                continue  # shutting down: no new turns; drain() ends the session
             await driver.execute(actions)
             if self._closing:
                 break
@@ -257,10 +277,29 @@ class Connection:
 
     async def _close(self, reason: str) -> None:
         assert self._driver is not None  # noqa: S101 - Close comes from the driver's session
+        if self._closing:
+            return
         self._closing = True
         stats = self._driver.session.input_stats()
-        await self.event(SessionEnd(reason=reason, input_stats=stats))
-        await self.ws.close(1000, reason)
+        with contextlib.suppress(ClientGone):  # gone or not, the session ends here
+            await self.event(SessionEnd(reason=reason, input_stats=stats))
+        await self.ws.close(1001 if reason == "shutdown" else 1000, reason)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Server shutdown: take no new turns, give running ones ``timeout_s`` to finish,
+        cancel the rest (each still ends with its ``turn_done``), then ``session_end``
+        (reason ``shutdown``) and close 1001."""
+        self._draining = True
+        driver = self._driver
+        try:
+            if driver is None:  # not started yet: nothing to finish
+                await self.ws.close(1001, "server shutting down")
+                return
+            await driver.wait_idle(timeout_s)
+            await driver.stop()
+            await self._close("shutdown")
+        except (ConnectionClosed, ClientGone):
+            pass
 
 
 class VoiceServer:
@@ -271,6 +310,7 @@ class VoiceServer:
         self.config = config
         self._server: Server | None = None
         self._probes: asyncio.Task[None] | None = None
+        self._connections: set[Connection] = set()
         self._sessions = SessionSlots(config.server.max_sessions)
         self._addresses = AddressCounter(config.server.max_connections_per_address)
         self.access = AccessPolicy()
@@ -325,6 +365,27 @@ class VoiceServer:
             # In a thread: it waits for the queued rows to be written.
             await asyncio.to_thread(self.observer.audit.close)
             self.observer.audit = None
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Graceful shutdown (SIGTERM): stop accepting connections, let every session
+        finish its running turn within ``timeout_s`` (default ``server.drain_timeout_s``),
+        cancel what is left, end each session with ``session_end`` (``shutdown``) and close
+        1001. Bounded by ``timeout_s + send_timeout_s + close_timeout_s``; what is still open
+        then is cut off. Call :meth:`stop` after it."""
+        cfg = self.config.server
+        timeout = cfg.drain_timeout_s if timeout_s is None else timeout_s
+        if self._server is not None:
+            self._server.close(close_connections=False)  # stop listening, keep sessions
+        drains = [asyncio.create_task(c.drain(timeout)) for c in list(self._connections)]
+        if not drains:
+            return
+        _, late = await asyncio.wait(
+            drains, timeout=timeout + cfg.send_timeout_s + cfg.close_timeout_s + 1.0)
+        for task in late:
+            task.cancel()
+        for connection in list(self._connections):
+            connection.ws.transport.abort()
+        await asyncio.gather(*drains, return_exceptions=True)
 
     async def __aenter__(self) -> VoiceServer:
         return await self.start()
@@ -394,10 +455,12 @@ class VoiceServer:
             return
         connection = Connection(ws, self.engines, self.config, self.observer,
                                 access=self.access, slots=self._sessions)
+        self._connections.add(connection)  # for drain()
         try:
             await connection.serve()
         except Exception:
             log.exception("session failed")
             await ws.close(1011, "internal error")
         finally:
+            self._connections.discard(connection)
             self._addresses.release(address)
