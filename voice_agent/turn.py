@@ -240,11 +240,10 @@ class TurnRunner:
         emotion note (``turn.note``) goes right before the transcript."""
         chain = self._engines.llm
         messages = self.conversation.messages(turn.transcript, turn.note)
-        llm_started = time.perf_counter()
         for engine in chain.candidates():
             try:
                 try:
-                    await self._answer_with(engine, messages, turn, llm_started)
+                    await self._answer_with(engine, messages, turn)
                 except EngineError as exc:
                     if exc.code != "llm_empty" or not turn.note:
                         raise
@@ -253,7 +252,7 @@ class TurnRunner:
                     log.info("turn %d: %s answered nothing; asking without the emotion tag",
                              turn.turn_id, engine.name)
                     untagged = self.conversation.messages(turn.transcript)
-                    await self._answer_with(engine, untagged, turn, llm_started)
+                    await self._answer_with(engine, untagged, turn)
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
                 chain.record(engine, success=False, error=error)
@@ -276,7 +275,7 @@ class TurnRunner:
         await self._apologize(turn, turn.error)
 
     async def _answer_with(
-        self, engine: LlmEngine, messages: list[ChatMessage], turn: _Turn, llm_started: float
+        self, engine: LlmEngine, messages: list[ChatMessage], turn: _Turn
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)

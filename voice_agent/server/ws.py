@@ -69,10 +69,6 @@ from voice_agent.turn import TurnRunner
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 10.0
-"""A client must send ``start`` within this after connecting."""
-
-
 class Connection:
     def __init__(self, ws: ServerConnection, engines: Engines, config: Config,
                  observer: Observer | None = None, *, access: AccessPolicy | None = None,
