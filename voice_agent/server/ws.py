@@ -1,302 +1,44 @@
 """The native WebSocket endpoint (``websockets`` asyncio server).
 
-One :class:`Connection` per client: it decodes messages, feeds the I/O-free
-:class:`~voice_agent.session.Session`, and carries out the actions it returns (send an
-event, run or cancel a turn, close). Client mistakes get a coded ``error`` event and the
-session goes on; only protocol violations (oversized frames, too many errors, no ``start``
-in time) close the socket. Plain HTTP ``GET /healthz`` answers ``ok`` for probes.
+:class:`VoiceServer` owns the listener: TLS, the access check on every upgrade and private
+route, the per-address and session caps, the HTTP probes (``/healthz``, ``/readyz``,
+``/status``, ``/metrics``), the LLM probes, and draining on shutdown. Each client is a
+:class:`~voice_agent.server.connection.Connection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
 import logging
-import uuid
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from voice_agent.audio.frontend import make_frontend
-from voice_agent.audio.pcm import check_rate
-from voice_agent.audio.vad import make_vad
 from voice_agent.audit import AuditLog
 from voice_agent.config import Config
-from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
-from voice_agent.errors import ClientGone, ProtocolError, VoiceAgentError
 from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice_agent.metrics import Metrics
 from voice_agent.server.access import (
     PUBLIC_PATHS,
     AccessPolicy,
-    Credential,
     RedactTokens,
     build_policy,
     refusal,
-    request_credential,
     route,
     ssl_context,
 )
-from voice_agent.server.limits import (
-    AddressCounter,
-    InputPacer,
-    SessionSlots,
-    SessionTimer,
-    TurnRate,
-)
+from voice_agent.server.connection import Connection
+from voice_agent.server.limits import AddressCounter, SessionSlots
 from voice_agent.server.observe import Observer, client_host
 from voice_agent.server.protocol import (
-    Cancel,
-    ClientMessage,
-    End,
     ErrorEvent,
-    Ping,
-    Pong,
-    Ready,
-    ServerEvent,
-    SessionEnd,
-    Start,
-    decode_client,
     encode,
 )
-from voice_agent.session import Action, Emit, Session
-from voice_agent.turn import TurnRunner
 
 log = logging.getLogger(__name__)
-
-class Connection:
-    def __init__(self, ws: ServerConnection, engines: Engines, config: Config,
-                 observer: Observer | None = None, *, access: AccessPolicy | None = None,
-                 slots: SessionSlots | None = None) -> None:
-        """``access``: the token a client must show (on the upgrade or in ``start``);
-        ``slots``: the started-session cap, claimed only once ``start`` is accepted."""
-        self.ws = ws
-        self._access = access or AccessPolicy()
-        self._slots = slots
-        self._claimed = False
-        self.engines = engines
-        self.config = config
-        self.session_id = uuid.uuid4().hex[:12]
-        self._obs = (observer or Observer()).session(self.session_id, client_host(ws))
-        self._seq = 0
-        self._send_lock = asyncio.Lock()
-        self._errors = 0
-        self._driver: SessionDriver | None = None
-        self._closing = False
-        self._draining = False
-        self._gone = False
-
-    # --- sending ---------------------------------------------------------------------
-
-    async def event(self, event: ServerEvent) -> None:
-        await self._obs.before_send(event)
-        async with self._send_lock:
-            self._seq += 1
-            text = encode(dataclasses.replace(event, seq=self._seq))
-            await self._send(text)
-
-    async def audio(self, pcm: bytes) -> None:
-        async with self._send_lock:
-            await self._send(pcm)
-
-    async def _send(self, data: str | bytes) -> None:
-        """Send, or raise :class:`ClientGone`. A client that takes nothing for
-        ``server.send_timeout_s`` is cut off at once (no closing handshake: it would queue
-        behind the data it is not reading), which also ends the receive loop."""
-        if self._gone:
-            raise ClientGone("the client is gone")
-        try:
-            await asyncio.wait_for(self.ws.send(data), self.config.server.send_timeout_s)
-        except TimeoutError:
-            self._gone = True
-            log.info("session %s: client stopped reading; closing", self.session_id)
-            self.ws.transport.abort()
-            raise ClientGone("the client stopped reading") from None
-        except ConnectionClosed as exc:
-            self._gone = True
-            raise ClientGone("the client disconnected") from exc
-
-    async def _client_error(self, exc: VoiceAgentError) -> None:
-        self._errors += 1
-        await self.event(ErrorEvent(code=exc.code, message=str(exc), transient=exc.transient))
-        if self._errors >= self.config.server.max_errors:
-            await self.ws.close(1008, "too many client errors")
-
-    # --- receiving -------------------------------------------------------------------
-
-    async def serve(self) -> None:
-        try:
-            start = await self._await_start()
-            if start is None or not await self._admit():
-                return
-            await self._run(start)
-        except (ConnectionClosed, ClientGone):
-            pass
-        finally:
-            if self._driver is not None:
-                await self._driver.stop()
-                log.info("session %s ended: %s", self.session_id,
-                         self._driver.session.input_stats())
-                self._obs.closed(self._driver.session.input_stats())
-            if self._claimed and self._slots is not None:
-                self._slots.release()  # after its turns have ended
-
-    async def _await_start(self) -> Start | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.server.start_timeout_s
-        while True:
-            try:
-                message = await asyncio.wait_for(self.ws.recv(), deadline - loop.time())
-            except TimeoutError:
-                await self.event(ErrorEvent(code="start_timeout",
-                                            message="no start message received"))
-                await self.ws.close(1008, "no start message")
-                return None
-            try:
-                if isinstance(message, bytes):
-                    raise ProtocolError("send a start message before audio", code="not_started")
-                parsed = decode_client(message)
-                if not isinstance(parsed, Start):
-                    raise ProtocolError(f"expected start, got {parsed.type}", code="not_started")
-                check_rate(parsed.sample_rate)
-                if parsed.output_sample_rate is not None:
-                    check_rate(parsed.output_sample_rate)
-                if not self._authorized(parsed):
-                    await self.event(ErrorEvent(code="unauthorized",
-                                                message="missing or wrong access token"))
-                    await self.ws.close(1008, "unauthorized")
-                    return None
-                return parsed
-            except VoiceAgentError as exc:
-                await self._client_error(exc)
-
-    def _authorized(self, start: Start) -> bool:
-        """The upgrade's credential was checked in ``process_request`` (a wrong one never
-        gets here); without one, ``start`` must carry the token."""
-        request = self.ws.request
-        if request is not None and request_credential(self._access, request) is Credential.OK:
-            return True
-        return self._access.check(start.token) is Credential.OK
-
-    async def _admit(self) -> bool:
-        """Take a session slot now that ``start`` came; refuse (1013) when all are taken."""
-        if self._slots is None:
-            return True
-        if not self._slots.claim():
-            await self.event(ErrorEvent(code="overloaded", transient=True,
-                                        message="too many sessions; try again later"))
-            await self.ws.close(1013, "too many sessions")
-            return False
-        self._claimed = True
-        return True
-
-    async def _run(self, start: Start) -> None:
-        config = self.config
-        output_rate = start.output_sample_rate or start.sample_rate
-        limits = config.server
-        clock = asyncio.get_running_loop().time
-        turns = TurnRate(limits.turns_per_minute)
-        pacer = InputPacer(limits.max_input_speed, limits.input_burst_s, clock())
-        timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
-        session = Session(
-            vad_config=config.vad,
-            frontend=make_frontend(config.frontend.noise_suppression,
-                                   config.frontend.auto_gain_dbfs),
-            vad=make_vad(config.vad),
-            input_rate=start.sample_rate,
-            turn_gate=lambda: turns.allow(clock()),
-        )
-        runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
-        self._driver = driver = SessionDriver(session, runner, self, self._close,
-                                              on_turn_done=self._obs.turn_done)
-        self._obs.opened()
-        await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
-                               output_sample_rate=output_rate))
-        log.info("session %s started (%d Hz in, %d Hz out)", self.session_id,
-                 start.sample_rate, output_rate)
-        while True:
-            # Idle and maximum-length limits: idle sockets must never hold the sessions.
-            if driver.active_turns:
-                timer.activity(clock())
-            expired = timer.expired(clock())
-            if expired is not None:
-                await self._expire(expired)
-                break
-            try:
-                message = await asyncio.wait_for(self.ws.recv(), timer.wait_s(clock()))
-            except TimeoutError:
-                continue
-            try:
-                if isinstance(message, bytes):
-                    timer.activity(clock())
-                    if pacer.admit(len(message) / 2 / start.sample_rate, clock()):
-                        actions = session.audio(message)
-                    else:  # faster than max_input_speed: its DSP would starve others
-                        session.drop(message, "too_fast")
-                        actions = []
-                else:
-                    actions = self._control(session, decode_client(message))
-            except VoiceAgentError as exc:
-                await self._client_error(exc)
-                continue
-            if self._draining:
-                continue  # shutting down: no new turns; drain() ends the session
-            await driver.execute(actions)
-            if self._closing:
-                break
-            await asyncio.sleep(0)  # one client's queued audio never monopolizes the loop
-
-    async def _expire(self, reason: str) -> None:
-        """End a session that reached a limit (``idle``, ``max_duration``): running turns
-        end first, with their ``turn_done``, then ``session_end`` and close 1000."""
-        assert self._driver is not None  # noqa: S101 - only called from _run
-        await self._driver.stop()
-        if not self._closing:
-            log.info("session %s: %s", self.session_id, reason)
-            await self._close(reason)
-
-    def _control(self, session: Session, message: ClientMessage) -> list[Action]:
-        if isinstance(message, Start):
-            raise ProtocolError("session already started", code="already_started")
-        if isinstance(message, Cancel):
-            return session.cancel()
-        if isinstance(message, End):
-            return session.end()
-        if isinstance(message, Ping):
-            return [Emit(Pong(id=message.id))]
-        raise ProtocolError(f"unhandled message {message!r}", code="unknown_type")
-
-    async def _close(self, reason: str) -> None:
-        assert self._driver is not None  # noqa: S101 - Close comes from the driver's session
-        if self._closing:
-            return
-        self._closing = True
-        stats = self._driver.session.input_stats()
-        with contextlib.suppress(ClientGone):  # gone or not, the session ends here
-            await self.event(SessionEnd(reason=reason, input_stats=stats))
-        await self.ws.close(1001 if reason == "shutdown" else 1000, reason)
-
-    async def drain(self, timeout_s: float) -> None:
-        """Server shutdown: take no new turns, give running ones ``timeout_s`` to finish,
-        cancel the rest (each still ends with its ``turn_done``), then ``session_end``
-        (reason ``shutdown``) and close 1001."""
-        self._draining = True
-        driver = self._driver
-        try:
-            if driver is None:  # not started yet: nothing to finish
-                await self.ws.close(1001, "server shutting down")
-                return
-            await driver.wait_idle(timeout_s)
-            await driver.stop()
-            await self._close("shutdown")
-        except (ConnectionClosed, ClientGone):
-            pass
-
 
 class VoiceServer:
     """The WebSocket server. ``await start()``, then ``await stop()`` (or use ``async with``)."""
