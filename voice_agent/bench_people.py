@@ -202,7 +202,10 @@ async def run_people_bench(config: Config, *, people: int, turns: int,
                            json_path: str | None = None) -> int:
     clips = default_clips()
     config.server.port, config.server.host = 0, "127.0.0.1"
+    # Every simulated person connects from loopback: one address, one session each.
     config.server.max_sessions = max(config.server.max_sessions, people)
+    config.server.max_connections_per_address = max(
+        config.server.max_connections_per_address, people)
     engines = load_engines(config)
     try:
         async with VoiceServer(engines, config) as server:

@@ -130,6 +130,12 @@ class LlmConfig:
     """llama.cpp context length."""
     n_threads: int = 0
     """0 uses every core."""
+    session_cache_mb: int = 256
+    """llama.cpp keeps one sequence in its KV cache, so with several people talking every
+    turn re-read its whole conversation (1.7-2.6 s of prefill per turn here with three
+    interleaved conversations). Up to this much RAM holds each conversation's evaluated
+    state, keyed by its tokens, and a turn resumes from the longest match (0.3 s). A
+    135M-model conversation takes a few MB; 0 turns it off."""
     first_token_timeout_s: float = 3.0
     """No first token within this, counted from when the engine starts on the turn (after
     its queue), fails the engine for the turn (``engine_timeout``): the next engine in the
@@ -196,6 +202,7 @@ class LlmConfig:
         _check(0.0 < self.top_p <= 1.0, "llm.top_p must be in (0, 1]")
         _check(0 <= self.history_turns <= 100, "llm.history_turns must be 0..100")
         _check(256 <= self.n_ctx <= 131072, "llm.n_ctx must be 256..131072")
+        _check(0 <= self.session_cache_mb <= 65536, "llm.session_cache_mb must be 0..65536")
         _check(self.first_token_timeout_s > 0, "llm.first_token_timeout_s must be > 0")
         _check(self.first_call_timeout_s > 0, "llm.first_call_timeout_s must be > 0")
         _check(self.queue_timeout_s > 0, "llm.queue_timeout_s must be > 0")

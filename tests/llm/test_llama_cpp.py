@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 import pytest
 
 from voice_agent.config import LlmConfig
+from voice_agent.errors import EngineTruncated
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.llama_cpp import LlamaCppEngine
 from voice_agent.models import Manifest
@@ -64,3 +66,40 @@ def test_an_r1_gguf_gets_r1_prompting(r1_llama: Any) -> None:
         ChatMessage("user", "I lost my keys.")])
     assert folded == [ChatMessage("user", "Be brief.\n\nHi"), ChatMessage("assistant", "Hello."),
                       ChatMessage("user", "[speaker: label=sad]\n\nI lost my keys.")]
+
+
+@pytest.mark.parametrize("cache_mb", [256, 0])
+def test_conversations_taking_turns_resume_from_their_own_state(cache_mb: int) -> None:
+    """Two people alternate: with the session cache, a person's next turn evaluates only its
+    new tokens, not the whole conversation the other person's turn evicted."""
+    config = LlmConfig(seed=7, max_tokens=16, session_cache_mb=cache_mb)
+    engine = LlamaCppEngine.load(Manifest.load().resolve("llm", "default").path, config)
+    llama = engine._llama
+    evaluated: list[int] = []
+    real_eval = llama.eval
+
+    def counting_eval(tokens: Any) -> None:
+        evaluated.append(len(tokens))
+        real_eval(tokens)
+
+    llama.eval = counting_eval
+    system = ChatMessage("system", "You are a helpful voice assistant. " * 8)
+    talks: dict[str, list[ChatMessage]] = {"ann": [system], "bob": [system]}
+
+    def turn(who: str, text: str) -> int:
+        evaluated.clear()
+        talks[who].append(ChatMessage("user", text))
+        pieces: list[str] = []
+        with contextlib.suppress(EngineTruncated):  # 16 tokens: a cut reply is fine here
+            pieces.extend(engine.stream(talks[who], threading.Event()))
+        reply = "".join(pieces)
+        talks[who].append(ChatMessage("assistant", reply))
+        return evaluated[0]  # the prompt's evaluation; then one token at a time
+
+    turn("ann", "Where is the train station, and when does the next train leave?")
+    turn("bob", "What is the weather like in the mountains this weekend?")
+    resumed = turn("ann", "Thanks. And is there a bus as well?")
+    if cache_mb:
+        assert resumed < 40, f"re-read {resumed} tokens of the conversation"  # 21 here
+    else:
+        assert resumed >= 40  # the evicted conversation is read again (50 here)

@@ -5,7 +5,9 @@ next one, evaluates only what follows the longest common prefix. Every conversat
 with the same system prompt, and a session's next turn extends its previous prompt, so the
 unchanged prefix is not processed again. Measured here with a 740-token system prompt on
 SmolLM2-135M: first turn 3.9 s to the first token, following turns 75 ms. :meth:`prefill`
-pays that first cost at start-up instead of in the first person's turn.
+pays that first cost at start-up instead of in the first person's turn. With several
+sessions, each one's evaluated state is kept in RAM (``llm.session_cache_mb``) and restored
+when it speaks again, so people taking turns do not evict each other's conversations.
 
 Prompting follows the model: a DeepSeek-R1 GGUF gets R1's sampling and its system prompt
 folded into the user turn, and the reasoning filter starts inside ``<think>`` only when
@@ -49,7 +51,7 @@ class LlamaCppEngine:
     @classmethod
     def load(cls, model_path: str, config: LlmConfig, *, name: str = "llama_cpp"
              ) -> LlamaCppEngine:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LlamaRAMCache
 
         try:
             llama = Llama(
@@ -61,6 +63,11 @@ class LlamaCppEngine:
             )
         except Exception as exc:
             raise ModelError(f"cannot load GGUF model {model_path}: {exc}") from exc
+        if config.session_cache_mb:
+            # Each session's evaluated prompt survives the other sessions' turns (see
+            # LlmConfig.session_cache_mb): llama-cpp-python saves the state after every
+            # completion and restores the longest-matching one before the next.
+            llama.set_cache(LlamaRAMCache(capacity_bytes=config.session_cache_mb << 20))
         return cls(llama, config, name=name)
 
     def prefill(self, system_prompt: str) -> None:
