@@ -51,7 +51,8 @@ class LlamaCppEngine:
     @classmethod
     def load(cls, model_path: str, config: LlmConfig, *, name: str = "llama_cpp"
              ) -> LlamaCppEngine:
-        from llama_cpp import Llama, LlamaRAMCache
+        from llama_cpp import Llama
+        from llama_cpp.llama_cache import LlamaRAMCache
 
         try:
             llama = Llama(
