@@ -116,7 +116,8 @@ async def _talk(person: _Person, url: str, seed: int) -> None:
                 row: dict[str, Any] = {"person": person.index, "status": "unanswered"}
                 if done is not None:
                     row.update(status=done.status, engine=done.engine,
-                               fallbacks=done.fallbacks, **done.timings_ms)
+                               fallbacks=done.fallbacks, reply_s=done.audio_samples / RATE,
+                               **done.timings_ms)
                     if heard_at is not None:
                         row["voice_to_voice_ms"] = round((heard_at - speech_end) * 1000, 1)
                     listen_s = done.audio_samples / RATE

@@ -118,6 +118,12 @@ class LlmConfig:
     it is not spoken, and the model is stopped. The system prompt asks for one or two short
     sentences (3-8 s); 12 s lets those through whole and cuts the 20-27 s rambles. The
     first sentence is always spoken (it streams as it is synthesized)."""
+    brief_when_busy: bool = True
+    """When other turns are waiting for the engine, a reply ends at its first complete
+    sentence and frees the engine. One engine answers one turn at a time, so a long reply
+    makes everyone queued behind it wait for all of it: measured with eight people talking
+    at once on two cores, that queue was most of the p95 voice-to-voice. Under load the
+    answer gets shorter rather than later; alone, nothing changes."""
     temperature: float = 0.3
     """Sampling temperature."""
     top_p: float = 0.95

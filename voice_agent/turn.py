@@ -83,6 +83,8 @@ class _Turn:
     """Answer text (not an acknowledgement) was shown or spoken: no engine may restart it."""
     answer_sentences: int = 0
     """Sentences of the answer queued for speech (not acknowledgements or apologies)."""
+    answer_at_sentence_end: bool = False
+    """The last answer chunk queued ends a sentence (the first may end at a clause break)."""
     reply_full: bool = False
     """``llm.max_reply_s`` reached: nothing more is spoken, and the model is stopped."""
     error: VoiceAgentError | None = None
@@ -101,6 +103,7 @@ class _Turn:
             log.info("turn %d: dropped a sentence about the emotion tag", self.turn_id)
             return
         self.answer_sentences += 1
+        self.answer_at_sentence_end = ends_sentence(sentence)
         await self.queue_sentence(sentence)
 
     async def queue_rest(self) -> None:
@@ -308,7 +311,8 @@ class TurnRunner:
                 await self._speakable(turn, echo.feed(filtered.speech))
                 if filtered.speech:
                     answer_pieces += 1
-                if turn.reply_full or answer_pieces >= config.max_tokens:
+                if (turn.reply_full or answer_pieces >= config.max_tokens
+                        or self._others_waiting(engine, turn)):
                     cut = True  # leaving the loop closes the stream: the engine stops
                     break
         if truncated:
@@ -330,6 +334,12 @@ class TurnRunner:
         if not turn.answer_sentences:
             turn.answer_started = False
             raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
+
+    def _others_waiting(self, engine: LlmEngine, turn: _Turn) -> bool:
+        """Whether to end the answer here because other turns wait for the engine
+        (``llm.brief_when_busy``): only once a whole sentence has been queued."""
+        return (self._config.llm.brief_when_busy and turn.answer_at_sentence_end
+                and self._engines.llm.waiting(engine) > 0)
 
     @staticmethod
     async def _say(turn: _Turn, text: str) -> None:

@@ -177,6 +177,10 @@ class LlmChain:
             for link in self.links
         ]
 
+    def waiting(self, engine: LlmEngine) -> int:
+        """Calls queued for ``engine`` (turns or probes) behind the ones it is serving."""
+        return self._link(engine).lane.waiting
+
     def _link(self, engine: LlmEngine) -> ChainLink:
         for link in self.links:
             if link.engine is engine:
