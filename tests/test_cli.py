@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import harvard_clips, speech_clips
+from tests.serving import wait_listening
 from voice_agent.audio.pcm import read_audio
 from voice_agent.wer import pooled_word_error_rate, word_error_rate
 
@@ -38,22 +35,8 @@ def served(*args: str) -> Iterator[str]:
     """``voice-agent serve --port 0 ARGS`` as a real process; yields its URL."""
     process = subprocess.Popen([*CLI, "serve", "--port", "0", *args], stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True)
-    assert process.stderr is not None
-    # A thread reads the log: select() on a buffered pipe misses lines that an earlier
-    # readline() already pulled into Python's buffer.
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()],
-                     daemon=True).start()
-    deadline = time.monotonic() + 180
-    url = None
-    log: list[str] = []
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(queue.Empty):
-            log.append(lines.get(timeout=1))
-            match = re.search(r"listening on (ws://\S+)", log[-1])
-            url = match.group(1) if match else None
     try:
-        assert url, "server did not start:\n" + "".join(log)
+        url, _ = wait_listening(process)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

@@ -13,13 +13,11 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import speech_clips
+from tests.serving import wait_listening
 from voice_agent.client import stream_file
 from voice_agent.offline import ENV_DEFAULTS, enforce_offline
 
@@ -147,20 +146,8 @@ def traced_serve(trace: Path, home: Path) -> Iterator[str]:
                "-o", str(trace), sys.executable, "-m", "voice_agent", "serve", "--port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                text=True, env=env)
-    assert process.stderr is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()],
-                     daemon=True).start()
-    deadline = time.monotonic() + 240
-    url = None
-    log: list[str] = []
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(queue.Empty):
-            log.append(lines.get(timeout=1))
-            match = re.search(r"listening on (ws://\S+)", log[-1])
-            url = match.group(1) if match else None
     try:
-        assert url, "server did not start:\n" + "".join(log)
+        url, _ = wait_listening(process, timeout_s=240)
         yield url
     finally:
         # SIGTERM the traced server itself (strace's child), then strace ends with it.

@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import harvard_clips, make_config
+from tests.serving import wait_listening
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
 from voice_agent.server.ws import VoiceServer
@@ -122,24 +120,8 @@ async def test_sigterm_drains_the_served_process_and_exits_0() -> None:
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={**os.environ, "VOICE_AGENT_SERVER__DRAIN_TIMEOUT_S": "1"},
     )
-    assert process.stderr is not None
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:  # a thread reads the log, so no line is lost in a buffer
-        for line in process.stderr or ():
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    log: list[str] = []
-    url = None
     try:
-        deadline = time.monotonic() + 180
-        while url is None and time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(queue.Empty):
-                log.append(await asyncio.to_thread(lines.get, timeout=1))
-                match = re.search(r"listening on (ws://\S+)", log[-1])
-                url = match.group(1) if match else None
-        assert url, "server did not start:\n" + "".join(log)
+        url, log = await asyncio.to_thread(wait_listening, process)
         ws = await ask(url)
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()

@@ -8,13 +8,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import queue
-import re
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import harvard_clips, make_config
+from tests.serving import wait_listening
+from tests.test_audit import rows as audit_rows
 from voice_agent.audio.pcm import read_audio
 from voice_agent.client import stream_samples
 from voice_agent.engines import Engines
@@ -59,15 +57,6 @@ def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def audit_rows(path: Path) -> list[dict[str, Any]]:
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM turns ORDER BY id")]
-    finally:
-        db.close()
 
 
 @contextlib.asynccontextmanager
@@ -193,22 +182,12 @@ def start_serve(audit: Path) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen([sys.executable, "-m", "voice_agent", "serve", "--port", "0"],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env=env)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read_log() -> None:  # a thread: select() on a buffered pipe misses lines
-        for line in process.stderr or ():
-            lines.put(line)
-
-    threading.Thread(target=read_log, daemon=True).start()
-    deadline = time.monotonic() + 180
-    log: list[str] = []
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(queue.Empty):
-            log.append(lines.get(timeout=1))
-            if match := re.search(r"listening on (ws://\S+)", log[-1]):
-                return process, match.group(1)
-    process.kill()
-    raise AssertionError("server did not start:\n" + "".join(log))
+    try:
+        url, _ = wait_listening(process)
+    except AssertionError:
+        process.kill()
+        raise
+    return process, url
 
 
 async def speak(ws: ClientConnection, clip_index: int) -> None:
