@@ -180,7 +180,7 @@ def _table(alone: list[dict[str, Any]], crowd: list[dict[str, Any]], people: int
     for label, key in STAGES:
         _, a50, a95 = _stats(alone, key)
         _, c50, c95 = _stats(crowd, key)
-        ratio = c95 / a95 if a95 and a95 == a95 and a95 > 0 else float("nan")
+        ratio = c95 / a95 if a95 > 0 else float("nan")  # nan > 0 is False too
         lines.append(f"{label:27} {a50:>12.0f} {a95:>7.0f}   {c50:>{len(str(people)) + 11}.0f}"
                      f" {c95:>7.0f}  {ratio:>8.2f}x")
     return "\n".join(lines)

@@ -37,12 +37,6 @@ class Runner(Protocol):
                   out: TurnOutput) -> TurnDone: ...
 
 
-def cancelled_turn(turn_id: int) -> TurnDone:
-    """The terminal event of a turn that was cancelled before anything of it ran."""
-    return TurnDone(turn_id=turn_id, status="cancelled", transcript="", reply_text="",
-                    engine="", audio_samples=0)
-
-
 @dataclass
 class _Running:
     """One started turn: the driver's task (records and delivers the end) and, once it has
@@ -134,10 +128,10 @@ class SessionDriver:
             # engines' work and record the end; there is no time left to deliver it.
             if running.runner is not None:
                 running.runner.cancel()
-            self._record(done or cancelled_turn(turn_id))
+            self._record(done or TurnDone.unrun(turn_id, "cancelled"))
             self._forget(turn_id)
             raise
-        done = done or cancelled_turn(turn_id)
+        done = done or TurnDone.unrun(turn_id, "cancelled")
         self._record(done)
         try:
             await self._emit(done)
@@ -156,11 +150,10 @@ class SessionDriver:
             if task is not None and task.cancelling():
                 raise  # the driver's task itself is being cancelled
             # The runner was cancelled before its coroutine ran: it never got to say so.
-            return cancelled_turn(turn_id)
+            return TurnDone.unrun(turn_id, "cancelled")
         except Exception as exc:  # TurnRunner.run catches everything; this is a backstop
             log.warning("turn %d: runner failed: %r", turn_id, exc)
-            return TurnDone(turn_id=turn_id, status="error", transcript="", reply_text="",
-                            engine="", audio_samples=0)
+            return TurnDone.unrun(turn_id, "error")
 
     def _record(self, done: TurnDone) -> None:
         if self._on_turn_done is None:

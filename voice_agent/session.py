@@ -195,8 +195,7 @@ class Session:
         return [
             Emit(ErrorEvent(code="rate_limited", transient=True, turn_id=turn_id,
                             message="too many turns this minute; this one was not answered")),
-            Emit(TurnDone(turn_id=turn_id, status="error", transcript="", reply_text="",
-                          engine="", audio_samples=0)),
+            Emit(TurnDone.unrun(turn_id, "error")),
         ]
 
     def cancel(self) -> list[Action]:

@@ -163,6 +163,13 @@ class TurnDone:
     """Engines that failed during this turn, with their error codes."""
     seq: int = 0
 
+    @classmethod
+    def unrun(cls, turn_id: int, status: str) -> TurnDone:
+        """The end of a turn nothing of which ran: cancelled before it started, refused
+        (``rate_limited``), or a runner that could not report its own end."""
+        return cls(turn_id=turn_id, status=status, transcript="", reply_text="", engine="",
+                   audio_samples=0)
+
 
 @dataclass(frozen=True)
 class ErrorEvent:
