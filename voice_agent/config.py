@@ -66,6 +66,58 @@ class VadConfig:
 
 
 @dataclass
+class TurnConfig:
+    """How the end of a person's turn is decided, and what runs before it is (issue 8).
+
+    At a pause (``speculate_after_ms`` of silence) the end-of-turn model judges whether the
+    utterance is finished; the turn then commits after ``complete_silence_ms`` when it is,
+    ``incomplete_silence_ms`` when not. Meanwhile the answer is already being prepared
+    (``speculate``), held back until the turn commits, thrown away if speech resumes.
+    """
+
+    endpoint: str = "smart"
+    """``smart``: the end-of-turn model decides how long a pause ends the turn (falls back to
+    ``silence`` when the model cannot be loaded). ``silence``: a fixed
+    ``vad.end_silence_ms`` of silence, nothing else."""
+    speculate: bool = True
+    """Start ASR, the model's answer and its speech during the pause, before the turn
+    commits; every output is held until it does."""
+    speculate_after_ms: int = 150
+    """Silence after which a pause is judged and the answer speculatively prepared."""
+    complete_silence_ms: int = 300
+    """Silence that ends a turn judged finished. With speculation, waiting a little longer
+    here costs little: the answer is being prepared meanwhile."""
+    incomplete_silence_ms: int = 1300
+    """Silence that ends a turn judged unfinished ("I'd like to book a table for…"): the
+    longest the appliance waits for a person who paused mid-sentence."""
+    complete_threshold: float = 0.5
+    """End-of-turn probability at or above which an utterance counts as finished."""
+    resume_window_ms: int = 3000
+    """Speech starting within this long after an end-of-turn decision, before the person has
+    heard any of the reply, continues the same turn (``speech_resumed``) instead of starting
+    a new one. 0 turns this off (every new speech is a new turn or a barge-in)."""
+    reply_heard_after_ms: int = 250
+    """Reply audio counts as heard this long after it started going out: speech that began
+    earlier was begun before the person could react to the reply."""
+    partial_interval_ms: int = 700
+    """While the person speaks, a ``transcript_partial`` at most this often (skipped while the
+    previous one is still being transcribed). 0: none."""
+
+    def validate(self) -> None:
+        _check(self.endpoint in ("smart", "silence"), "turn.endpoint must be 'smart' or 'silence'")
+        _check(50 <= self.speculate_after_ms <= 2000, "turn.speculate_after_ms must be 50..2000")
+        _check(self.speculate_after_ms <= self.complete_silence_ms <= 5000,
+               "turn.complete_silence_ms must be speculate_after_ms..5000")
+        _check(self.complete_silence_ms <= self.incomplete_silence_ms <= 10_000,
+               "turn.incomplete_silence_ms must be complete_silence_ms..10000")
+        _check(0.0 < self.complete_threshold < 1.0, "turn.complete_threshold must be in (0, 1)")
+        _check(0 <= self.resume_window_ms <= 30_000, "turn.resume_window_ms must be 0..30000")
+        _check(0 <= self.reply_heard_after_ms <= 2000, "turn.reply_heard_after_ms must be 0..2000")
+        _check(self.partial_interval_ms == 0 or 200 <= self.partial_interval_ms <= 10_000,
+               "turn.partial_interval_ms must be 0 (off) or 200..10000")
+
+
+@dataclass
 class AsrConfig:
     model: str = "default"
     """``default`` (embedded Whisper tiny.en), a manifest model name, or a CTranslate2
@@ -384,6 +436,8 @@ class Config:
     """Noise suppression and gain."""
     vad: VadConfig = field(default_factory=VadConfig)
     """Voice activity detection and endpointing."""
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    """End of turn, speculation during pauses, resumed speech."""
     asr: AsrConfig = field(default_factory=AsrConfig)
     """Speech recognition."""
     llm: LlmConfig = field(default_factory=LlmConfig)

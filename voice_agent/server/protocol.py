@@ -97,6 +97,32 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True)
+class SpeechResumed:
+    """The person went on speaking after an end-of-turn decision, before hearing any of the
+    reply: the turn continues (same ``turn_id``). Drop whatever reply audio and text of this
+    turn was received; its transcript and reply come again, for the whole utterance."""
+
+    type: ClassVar[str] = "speech_resumed"
+    turn_id: int
+    audio_ms: int
+    """Stream time where the speech resumed."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TranscriptPartial:
+    """What has been heard so far while the person is still speaking (replaced by the next
+    partial, and by the final ``transcript``)."""
+
+    type: ClassVar[str] = "transcript_partial"
+    turn_id: int
+    text: str
+    audio_ms: int
+    """Stream time up to which the audio was transcribed."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
 class TranscriptEvent:
     type: ClassVar[str] = "transcript"
     turn_id: int
@@ -161,6 +187,9 @@ class TurnDone:
     timings_ms: dict[str, float] = field(default_factory=dict)
     fallbacks: dict[str, str] = field(default_factory=dict)
     """Engines that failed during this turn, with their error codes."""
+    discarded_llm_runs: int = 0
+    """Speculative model runs started for this turn during a pause and thrown away (the person
+    went on speaking, or a committed turn of another session took the model)."""
     seq: int = 0
 
     @classmethod
@@ -201,6 +230,8 @@ ServerEvent = (
     Ready
     | SpeechStarted
     | SpeechStopped
+    | SpeechResumed
+    | TranscriptPartial
     | TranscriptEvent
     | EmotionEvent
     | ReplyText
@@ -214,7 +245,8 @@ ServerEvent = (
 CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping)}
 SERVER_TYPES: dict[str, type[Any]] = {
     c.type: c
-    for c in (Ready, SpeechStarted, SpeechStopped, TranscriptEvent, EmotionEvent, ReplyText,
+    for c in (Ready, SpeechStarted, SpeechStopped, SpeechResumed, TranscriptPartial,
+              TranscriptEvent, EmotionEvent, ReplyText,
               ReasoningText, TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
