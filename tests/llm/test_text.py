@@ -14,6 +14,7 @@ from voice_agent.llm.text import (
     SentenceChunker,
     SpanFilter,
     clean_for_speech,
+    ends_sentence,
 )
 from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS
 
@@ -194,8 +195,8 @@ def test_sentences_are_emitted_as_soon_as_complete() -> None:
 
 def test_finish_emits_the_rest() -> None:
     chunker = SentenceChunker()
-    assert chunker.feed("No full stop at the end") == []
-    assert chunker.finish() == ["No full stop at the end"]
+    assert chunker.feed("No full stop here") == []
+    assert chunker.finish() == ["No full stop here"]
     assert chunker.finish() == []
 
 
@@ -216,10 +217,11 @@ def test_sentence_boundaries(text: str, expected: list[str]) -> None:
 
 def test_first_chunk_may_end_at_a_clause_after_enough_words() -> None:
     text = "Well, the weather today is sunny and warm, so go outside, have fun, and relax. "
-    assert chunk_pieces(list(text)) == [
+    assert chunk_pieces(list(text), first_chunk_min_words=6, first_chunk_max_words=0) == [
         "Well, the weather today is sunny and warm,",
         "so go outside, have fun, and relax.",
     ]
+    assert chunk_pieces(list("Yes, of course, I can. ")) == ["Yes, of course,", "I can."]
 
 
 def test_earliest_break_wins_when_text_arrives_at_once() -> None:
@@ -237,9 +239,86 @@ def test_clause_break_needs_the_minimum_word_count() -> None:
     ]
 
 
+UNPUNCTUATED = ("The pharmacy on Main Street opens at nine tomorrow morning and closes at six "
+                "in the evening so you have plenty of time")
+
+
+def test_unpunctuated_first_sentence_is_cut_after_a_few_words() -> None:
+    """A small model often writes a long first sentence with no comma: the first chunk is
+    cut at a word boundary (before 'at', a preposition) two words later, not when the
+    sentence ends; the rest of the reply stays whole sentences."""
+    chunker = SentenceChunker()
+    words = UNPUNCTUATED.split()
+    first: list[str] = []
+    seen = 0
+    while not first:
+        first = chunker.feed(words[seen] + " ")
+        seen += 1
+    assert first == ["The pharmacy on Main Street opens"]
+    assert seen == 8  # decided once 'nine' begins: two words past the cut
+    assert not ends_sentence(first[0])  # the turn speaks the rest of this sentence too
+    assert chunker.feed(" ".join(words[seen:]) + ". Then more words follow here. ") == [
+        "at nine tomorrow morning and closes at six in the evening so you have plenty of time.",
+        "Then more words follow here.",
+    ]
+
+
+@pytest.mark.parametrize(("text", "first"), [
+    ("The capital of France is Paris which is known for its food",
+     "The capital of France is Paris"),
+    ("I think that you should call the doctor right away", "I think that you should call"),
+    ("Of course I can help you find a good restaurant near you", "Of course I can help you find"),
+    ("Sure thing my friend I would be happy to help", "Sure thing my friend"),
+    ("It costs twenty five dollars and fifty cents for the whole thing",
+     "It costs twenty five dollars and fifty cents"),
+    ("Call me at 555 1234 or 555 9876 between nine and five", "Call me at 555 1234"),
+    ("Dr. Smith can see the patient in room twelve today", "Dr. Smith can see the patient"),
+    ("We open at 9 am every weekday except public holidays", "We open at 9 am every weekday"),
+    ("Yes the pharmacy opens at nine tomorrow", "Yes the pharmacy opens"),
+])
+def test_first_chunk_boundary(text: str, first: str) -> None:
+    """Before a conjunction, preposition or relative word when there is one; never inside
+    a number or after an abbreviation, an article, an auxiliary or a pronoun."""
+    for pieces in ([text], list(text), [word + " " for word in text.split()]):
+        chunks = chunk_pieces(pieces)
+        assert chunks[0] == first
+        assert " ".join(chunks) == text
+
+
+@pytest.mark.parametrize("text", [
+    "One two three four five six seven.",
+    "One two three four five six",
+    "Hi.",
+    "The pharmacy opens at nine.",
+])
+def test_short_sentences_are_not_cut(text: str) -> None:
+    """A word cut waits until two words past it have begun: a sentence that ends first is
+    one chunk, so no sentence is left with a one-word tail."""
+    assert chunk_pieces(list(text + " ")) == [text]
+
+
+def test_word_cut_can_be_turned_off() -> None:
+    assert chunk_pieces([UNPUNCTUATED], first_chunk_max_words=0) == [UNPUNCTUATED]
+
+
+def test_force_first_cuts_the_complete_words() -> None:
+    """For a slow model: the turn's clock calls force_first; it cuts at the latest allowed
+    boundary among the complete words and only once, with at least the minimum."""
+    chunker = SentenceChunker()
+    assert chunker.feed("Well I") == []
+    assert chunker.force_first() == []  # one complete word: too few
+    assert chunker.feed(" think the answer to your") == []
+    assert chunker.force_first() == ["Well I think the answer"]  # 'to' is still being written
+    assert chunker.feed(" question is four. And") == ["to your question is four."]
+    assert chunker.force_first() == []  # only the first chunk is ever forced
+    assert chunker.finish() == ["And"]
+    assert SentenceChunker().force_first() == []
+
+
 def test_markdown_symbols_are_removed() -> None:
     text = "**Bold** and _italic_ with `code`. # Heading ~~gone~~\n"
-    assert chunk_pieces([text]) == ["Bold and italic with code.", "Heading gone"]
+    assert chunk_pieces([text], first_chunk_max_words=0) == [
+        "Bold and italic with code.", "Heading gone"]
     assert clean_for_speech("  a\t*b*   c \n") == "a b c"
 
 
@@ -260,31 +339,55 @@ chunk_texts = st.lists(
     st.sampled_from([
         "Hello", "world", "Dr.", "3.5", "e.g.", " ", " ", " ", "  ", ".", "!", "?", ",", ";",
         "\n", "**", "#", "one two three", "four five six seven", '"', ")", "Ok.", "a", "end",
+        " and ", " at ", " the ", " 9 ", " am ", " twenty ", " you ", " it's ", "-",
     ]),
     max_size=40,
 ).map("".join)
+word_texts = st.lists(
+    st.sampled_from(["and", "at", "the", "9", "am", "twenty", "five", "you", "Dr.", "call",
+                     "pharmacy", "opens", "which", "is", "it's", "tomorrow", "Paris", "x"]),
+    max_size=30,
+).map(" ".join)
 
 
 @settings(max_examples=400)
 @example(text="one two three four five six, seven eight. Next ", cuts=[], first_words=6,
-         max_chars=300)
-@example(text="HelloHelloHello. Next\n", cuts=[], first_words=1, max_chars=12)
-@example(text="Hi.    Next words go here\n", cuts=[4], first_words=6, max_chars=12)
+         max_words=6, max_chars=300)
+@example(text="HelloHelloHello. Next\n", cuts=[], first_words=1, max_words=6, max_chars=12)
+@example(text="Hi.    Next words go here\n", cuts=[4], first_words=6, max_words=6, max_chars=12)
+@example(text="a b c d e f g h and i", cuts=[], first_words=3, max_words=6, max_chars=300)
 @given(
-    text=st.one_of(chunk_texts, st.text(alphabet=" .,!?\nab*", max_size=60)),
+    text=st.one_of(chunk_texts, word_texts, st.text(alphabet=" .,!?\nab*", max_size=60)),
     cuts=st.lists(st.integers(0, 500), max_size=15),
     first_words=st.integers(1, 6),
+    max_words=st.sampled_from([0, 1, 3, 6, 10]),
     max_chars=st.sampled_from([12, 40, 300]),
 )
 def test_sentence_chunker_is_independent_of_splits(
-    text: str, cuts: list[int], first_words: int, max_chars: int
+    text: str, cuts: list[int], first_words: int, max_words: int, max_chars: int
 ) -> None:
-    options = {"first_chunk_min_words": first_words, "max_chunk_chars": max_chars}
+    options = {"first_chunk_min_words": first_words, "first_chunk_max_words": max_words,
+               "max_chunk_chars": max_chars}
     whole = chunk_pieces([text], **options)
     assert chunk_pieces(split_text(text, cuts), **options) == whole
     assert chunk_pieces(list(text), **options) == whole
     # No letter or digit is lost or invented, only markup, punctuation and whitespace.
     assert alnum(" ".join(whole)) == alnum(text)
+
+
+@settings(max_examples=300)
+@given(text=word_texts, cuts=st.lists(st.integers(0, 300), max_size=15))
+def test_words_are_never_lost_or_reordered(text: str, cuts: list[int]) -> None:
+    """Plain words, split anywhere: the chunks are exactly the words in order, and a
+    first chunk cut at a word boundary has at least three words, leaves at least two,
+    and never ends on a word that leans on the next one or inside a number."""
+    chunks = chunk_pieces(split_text(text, cuts))
+    assert " ".join(chunks) == " ".join(text.split())
+    if len(chunks) > 1:
+        first, rest = chunks[0].split(), chunks[1].split()
+        assert len(first) >= 3 and len(rest) >= 2
+        assert first[-1].lower() not in {"and", "at", "the", "is", "it's", "dr.", "you"}
+        assert not (first[-1] in {"9", "twenty", "five"} and rest[0] in {"am", "five", "9"})
 
 
 # --- SpanFilter: echoed prompt annotations ---------------------------------------------
