@@ -177,6 +177,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from voice_agent.bench import run_bench
 
     config = _config(args)
+    if args.turn_taking:
+        from voice_agent.bench_turns import run_turns_bench
+
+        return asyncio.run(run_turns_bench(config, quick=args.quick, json_path=args.json))
     if args.people:
         from voice_agent.bench_people import run_people_bench
 
@@ -275,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: N people talking like people (speak, hear the reply out, "
                         "pause 1-3 s, speak again), against one person alone, same run")
     p.add_argument("--turns", type=int, default=5, help="utterances per person (--people)")
+    p.add_argument("--turn-taking", action="store_true",
+                   help="instead: turn-taking (pauses, cut-offs, words lost, voice-to-voice), "
+                        "fixed silence against the [turn] settings, same run")
+    p.add_argument("--quick", action="store_true", help="a small subset (--turn-taking)")
     llm_option(p)
     p.set_defaults(func=cmd_bench)
 
