@@ -29,6 +29,7 @@ from voice_agent.server.protocol import (
     TurnDone,
 )
 from voice_agent.session import Action, Session, StartTurn, silence
+from voice_agent.speculation import Speculation
 from voice_agent.turn import TurnOutput
 
 
@@ -72,15 +73,19 @@ class PacedRunner:
         self.started: list[int] = []
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
-                  out: TurnOutput) -> TurnDone:
+                  out: TurnOutput, *, speculation: Speculation | None = None) -> TurnDone:
         self.started.append(turn_id)
         status = "ok"
+        if speculation is not None:
+            out = speculation.out
         try:
             await out.event(TranscriptEvent(turn_id=turn_id, text="hello", asr_ms=1.0))
             for _ in range(self.steps):
                 await asyncio.sleep(0.001)
                 await out.event(ReplyText(turn_id=turn_id, delta="hi"))
                 await out.audio(b"\x00\x00" * 160)
+            if speculation is not None:
+                await speculation.committed.wait()
         except asyncio.CancelledError:
             status = "cancelled"
         except ClientGone:
@@ -89,6 +94,10 @@ class PacedRunner:
             status = "error"
         return TurnDone(turn_id=turn_id, status=status, transcript="hello", reply_text="hi",
                         engine="paced", audio_samples=0)
+
+    async def partial_transcript(self, audio: Int16Array) -> str:
+        await asyncio.sleep(0.001)
+        return "hel"
 
 
 class Harness:

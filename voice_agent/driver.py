@@ -10,21 +10,41 @@ timeout, client gone), a turn cancelled at shutdown. It never cancels a turn's o
 only the runner inside it, so the part that records and delivers the terminal event always
 runs. Output failures never escape: the turn still ends, is recorded (``on_turn_done``),
 its entry removed, and the session told (so a session that sent ``end`` closes).
+
+Speculation (issue 8): a ``Speculate`` starts a turn whose output is held
+(:mod:`voice_agent.speculation`); ``CommitTurn`` releases it, ``AbandonTurn`` throws it away
+with no ``turn_done`` (the turn goes on: the person is still speaking). An abandoned turn's
+model runs are counted and reported in the turn's eventual ``turn_done``
+(``discarded_llm_runs``). The session is told when a turn's reply audio first goes out
+(it can be heard from then on) and, before its ``turn_done`` is sent, that it has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from voice_agent.audio.pcm import Int16Array
+from voice_agent.output import TurnOutput
 from voice_agent.server.protocol import ServerEvent, TurnDone
-from voice_agent.session import Action, CancelTurn, Close, Emit, Session, StartTurn
-from voice_agent.turn import TurnOutput
+from voice_agent.session import (
+    AbandonTurn,
+    Action,
+    CancelTurn,
+    Close,
+    CommitTurn,
+    Emit,
+    Session,
+    Speculate,
+    StartTurn,
+    Transcribe,
+)
+from voice_agent.speculation import Speculation
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +54,9 @@ class Runner(Protocol):
     also when cancelled; may raise only when the output itself fails."""
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
-                  out: TurnOutput) -> TurnDone: ...
+                  out: TurnOutput, *, speculation: Speculation | None = None) -> TurnDone: ...
+
+    async def partial_transcript(self, audio: Int16Array) -> str: ...
 
 
 @dataclass
@@ -45,6 +67,28 @@ class _Running:
     task: asyncio.Task[None] | None = None
     runner: asyncio.Task[TurnDone] | None = None
     cancel_reason: str | None = None
+    out: TurnOutput | None = None
+    """The turn's output (through :class:`_Audible`; held first when speculative)."""
+    speculation: Speculation | None = None
+    abandoned: bool = False
+    """Thrown away unheard: it ends with no ``turn_done`` (the turn itself goes on)."""
+
+
+class _Audible:
+    """Passes a turn's output on, and says when its first reply audio goes out."""
+
+    def __init__(self, out: TurnOutput, on_first_audio: Callable[[], None]) -> None:
+        self._out = out
+        self._on_first_audio: Callable[[], None] | None = on_first_audio
+
+    async def event(self, event: ServerEvent) -> None:
+        await self._out.event(event)
+
+    async def audio(self, pcm: bytes) -> None:
+        if self._on_first_audio is not None:
+            self._on_first_audio()
+            self._on_first_audio = None
+        await self._out.audio(pcm)
 
 
 class SessionDriver:
@@ -65,6 +109,9 @@ class SessionDriver:
         self._out = out
         self._on_close = on_close
         self._turns: dict[int, _Running] = {}
+        self._discarded: dict[int, int] = {}
+        """Speculative model runs thrown away, by turn, until the turn's end reports them."""
+        self._partial: asyncio.Task[None] | None = None
         self._output_failed = False
         """Set when the output raised once: it is gone, so new turns end at once."""
         self._idle = asyncio.Event()
@@ -82,8 +129,14 @@ class SessionDriver:
                 if isinstance(action.event, TurnDone):
                     self._record(action.event)  # a turn the session refused (rate_limited)
                 await self._emit(action.event)
-            elif isinstance(action, StartTurn):
+            elif isinstance(action, StartTurn | Speculate):
                 self._start(action)
+            elif isinstance(action, CommitTurn):
+                await self._commit(action)
+            elif isinstance(action, AbandonTurn):
+                self._abandon(action.turn_id)
+            elif isinstance(action, Transcribe):
+                self._transcribe(action)
             elif isinstance(action, CancelTurn):
                 self._cancel(action.turn_id, action.reason)
             elif isinstance(action, Close):
@@ -96,15 +149,62 @@ class SessionDriver:
             self._output_failed = True
             log.debug("could not deliver %s: %r", event.type, exc)
 
-    def _start(self, action: StartTurn) -> None:
+    def _start(self, action: StartTurn | Speculate) -> None:
         if action.turn_id in self._turns:  # a session bug; never two ends for one turn
             log.error("turn %d started twice; ignored", action.turn_id)
             return
-        running = _Running()
+        turn_id = action.turn_id
+        out = _Audible(self._out, lambda: self.session.reply_audible(turn_id))
+        running = _Running(out=out)
+        if isinstance(action, Speculate):
+            running.speculation = Speculation(out)
         self._turns[action.turn_id] = running
         self._idle.clear()
         running.task = asyncio.create_task(self._turn(action, running),
                                            name=f"turn-{action.turn_id}")
+
+    async def _commit(self, action: CommitTurn) -> None:
+        running = self._turns.get(action.turn_id)
+        if running is None or running.speculation is None:
+            log.error("turn %d committed without a speculation; ignored", action.turn_id)
+            return
+        if running.speculation.commit(action.endpoint_wait_ms):
+            try:
+                await running.speculation.out.release()
+            except Exception as exc:  # the output is gone; the turn ends on its own
+                self._output_failed = True
+                log.debug("could not deliver turn %d's held output: %r", action.turn_id, exc)
+
+    def _abandon(self, turn_id: int) -> None:
+        """Throw the turn's running work away unheard; the same turn id starts again later."""
+        running = self._turns.pop(turn_id, None)
+        if running is None:
+            return
+        running.abandoned = True
+        if running.speculation is not None:
+            running.speculation.abandoned = True
+            self._discarded[turn_id] = (self._discarded.get(turn_id, 0)
+                                        + running.speculation.llm_runs)
+        if running.runner is not None:
+            running.runner.cancel()
+        if not self._turns:
+            self._idle.set()
+
+    def _transcribe(self, action: Transcribe) -> None:
+        """A partial transcript, unless the last one is still being made (they are a preview:
+        skipping one costs nothing, queueing them would delay the answer's ASR)."""
+        if self._partial is not None and not self._partial.done():
+            return
+        self._partial = asyncio.create_task(self._partial_transcript(action),
+                                            name=f"partial-{action.turn_id}")
+
+    async def _partial_transcript(self, action: Transcribe) -> None:
+        try:
+            text = await self.runner.partial_transcript(action.audio)
+        except Exception as exc:  # a preview that failed is just not shown
+            log.debug("partial transcript failed: %r", exc)
+            return
+        await self.execute(self.session.partial(action.turn_id, text, action.audio_ms))
 
     def _cancel(self, turn_id: int, reason: str) -> None:
         running = self._turns.get(turn_id)
@@ -115,31 +215,43 @@ class SessionDriver:
             running.runner.cancel()
         # Not started yet: _turn sees cancel_reason and ends the turn without running it.
 
-    async def _turn(self, action: StartTurn, running: _Running) -> None:
+    async def _turn(self, action: StartTurn | Speculate, running: _Running) -> None:
         turn_id = action.turn_id
         done: TurnDone | None = None
+        out = running.out or self._out
         try:
             if running.cancel_reason is None and not self._output_failed:
                 running.runner = asyncio.create_task(self.runner.run(
-                    turn_id, action.audio, action.endpoint_wait_ms, self._out))
+                    turn_id, action.audio, action.endpoint_wait_ms, out,
+                    speculation=running.speculation))
                 done = await self._result(turn_id, running.runner)
+            if running.abandoned:
+                return  # no end: the person went on speaking, and the turn with them
         except asyncio.CancelledError:
             # Someone cancelled the driver's own task (the loop is shutting down): stop the
             # engines' work and record the end; there is no time left to deliver it.
             if running.runner is not None:
                 running.runner.cancel()
-            self._record(done or TurnDone.unrun(turn_id, "cancelled"))
-            self._forget(turn_id)
+            if not running.abandoned:
+                self._record(done or TurnDone.unrun(turn_id, "cancelled"))
+            self._forget(turn_id, running)
             raise
-        done = done or TurnDone.unrun(turn_id, "cancelled")
+        discarded = self._discarded.pop(turn_id, 0)
+        if running.speculation is not None:
+            discarded += running.speculation.preempted_runs
+        done = dataclasses.replace(done or TurnDone.unrun(turn_id, "cancelled"),
+                                   discarded_llm_runs=discarded)
         self._record(done)
         try:
+            # The session first, so that speech from now on is a new turn, never a
+            # continuation of one whose end is on its way.
+            finished = self.session.turn_finished(turn_id)
             await self._emit(done)
-            await self.execute(self.session.turn_finished(turn_id))
+            await self.execute(finished)
         except Exception:  # the owner's close failed; the turn has ended all the same
             log.exception("turn %d: closing after its end failed", turn_id)
         finally:
-            self._forget(turn_id)
+            self._forget(turn_id, running)
 
     async def _result(self, turn_id: int, runner: asyncio.Task[TurnDone]) -> TurnDone:
         """The runner's TurnDone; a synthetic one when it could not produce one."""
@@ -163,8 +275,9 @@ class SessionDriver:
         except Exception:  # recording must never cost the person the turn's end
             log.exception("turn %d: recording its end failed", done.turn_id)
 
-    def _forget(self, turn_id: int) -> None:
-        self._turns.pop(turn_id, None)
+    def _forget(self, turn_id: int, running: _Running) -> None:
+        if self._turns.get(turn_id) is running:  # not a later run of the same turn
+            del self._turns[turn_id]
         if not self._turns:
             self._idle.set()
 

@@ -83,6 +83,14 @@ class Overloaded(VoiceAgentError):
     transient = True
 
 
+class Preempted(VoiceAgentError):
+    """Speculative work gave the engine up to a committed turn (not an engine failure: the
+    breaker never counts it; the turn asks again once it is committed)."""
+
+    code = "preempted"
+    transient = True
+
+
 class DeviceError(VoiceAgentError):
     """No usable sound device (for ``--mic``)."""
 

@@ -129,6 +129,8 @@ async def run_mic(engines: Engines, config: Config) -> None:
         vad=make_vad(config.vad),
         input_rate=PIPELINE_RATE,
         barge_in=False,
+        turn_config=config.turn,
+        turn_end=engines.turn_end,
     )
 
     def offer(data: bytes) -> None:

@@ -7,8 +7,17 @@ close. That keeps every decision about turns testable without sockets or models.
 States::
 
     LISTENING --speech--> USER_SPEAKING --end of turn--> RESPONDING --turn_finished--> LISTENING
-                               ^                              |
-                               +------ speech (barge-in) -----+   (cancels the reply)
+                            ^      ^                          |
+                            |      +--- speech, reply unheard-+   (resumed: the same turn)
+                            +--------- speech, reply heard ---+   (barge-in: cancels it)
+
+Turn-taking (``[turn]``, issue 8): at a pause (``turn.speculate_after_ms`` of silence) the
+end-of-turn model judges the utterance, which sets how much silence ends it; meanwhile a
+:class:`Speculate` action starts the answer with its output held. Speech before the end
+abandons that work (:class:`AbandonTurn`, nothing reaches the client); the end commits it
+(:class:`CommitTurn`). Speech within ``turn.resume_window_ms`` of the end, before any of the
+reply can have been heard, continues the same turn: its reply is abandoned unheard, the
+client gets ``speech_resumed``, and the whole utterance is answered once.
 
 ``end`` from the client moves to ENDING: the open utterance is finished, its reply runs to
 completion, then the session closes normally.
@@ -17,9 +26,11 @@ completion, then the session closes normally.
 from __future__ import annotations
 
 import enum
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -34,19 +45,35 @@ from voice_agent.audio.pcm import (
 from voice_agent.audio.vad import (
     Endpointer,
     EndpointEvent,
-    SpeechDiscarded,
+    SpeechContinued,
     SpeechEnd,
+    SpeechPause,
     SpeechStart,
     VoiceDetector,
 )
-from voice_agent.config import VadConfig
+from voice_agent.config import TurnConfig, VadConfig
 from voice_agent.server.protocol import (
     ErrorEvent,
     ServerEvent,
+    SpeechResumed,
     SpeechStarted,
     SpeechStopped,
+    TranscriptPartial,
     TurnDone,
 )
+
+log = logging.getLogger(__name__)
+
+FIXED_SILENCE = TurnConfig(endpoint="silence", speculate=False, resume_window_ms=0,
+                           partial_interval_ms=0)
+"""Turn-taking as it was before issue 8: a fixed ``vad.end_silence_ms``, nothing else."""
+
+
+class TurnEndModel(Protocol):
+    def complete_probability(self, audio: Int16Array) -> float:
+        """How likely the speaker has finished, from the utterance so far (16 kHz, speech
+        then the silence so far)."""
+        ...
 
 
 class State(enum.Enum):
@@ -71,6 +98,42 @@ class StartTurn:
 
 
 @dataclass(frozen=True)
+class Speculate:
+    """Start answering ``audio`` before the turn is decided; hold every output until a
+    :class:`CommitTurn`, drop it all on an :class:`AbandonTurn`."""
+
+    turn_id: int
+    audio: Int16Array = field(repr=False)
+    endpoint_wait_ms: int
+    """Stream time from the last speech frame to the start of the speculation."""
+
+
+@dataclass(frozen=True)
+class CommitTurn:
+    """The turn being speculated on is decided: release its output and let it finish."""
+
+    turn_id: int
+    endpoint_wait_ms: int
+
+
+@dataclass(frozen=True)
+class AbandonTurn:
+    """Throw the turn's running work away unheard, with no ``turn_done``: the person went on
+    speaking, and the same turn continues."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Transcribe the utterance so far for a ``transcript_partial`` (may be skipped)."""
+
+    turn_id: int
+    audio: Int16Array = field(repr=False)
+    audio_ms: int
+
+
+@dataclass(frozen=True)
 class CancelTurn:
     turn_id: int
     reason: str
@@ -81,15 +144,15 @@ class Close:
     reason: str
 
 
-Action = Emit | StartTurn | CancelTurn | Close
+Action = Emit | StartTurn | Speculate | CommitTurn | AbandonTurn | Transcribe | CancelTurn | Close
 
 
 class Session:
     """One conversation's input side and turn bookkeeping.
 
     ``barge_in``: speech while the appliance is replying cancels the reply (needs echo
-    cancellation on an open speaker). Without it, input is dropped while replying
-    (half-duplex), and counted as dropped.
+    cancellation on an open speaker). Without it, input is dropped once the reply can be
+    heard (half-duplex), and counted as dropped.
     """
 
     def __init__(
@@ -101,20 +164,41 @@ class Session:
         input_rate: int,
         barge_in: bool = True,
         turn_gate: Callable[[], bool] | None = None,
+        turn_config: TurnConfig = FIXED_SILENCE,
+        turn_end: TurnEndModel | None = None,
     ) -> None:
         """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
         refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
-        once, and is not answered."""
+        once, and is not answered. ``turn_end`` judges pauses when ``turn.endpoint`` is
+        ``smart``; without it the fixed ``vad.end_silence_ms`` decides."""
         self.state = State.LISTENING
         self._turn_gate = turn_gate
         self.barge_in = barge_in
         self._frontend = frontend
         self._vad = vad
-        self._endpointer = Endpointer(vad_config)
+        self._turn = turn_config
+        self._turn_end = turn_end if turn_config.endpoint == "smart" else None
+        end_silence_ms = (turn_config.incomplete_silence_ms if self._turn_end is not None
+                          else vad_config.end_silence_ms)
+        judge_pauses = self._turn_end is not None or turn_config.speculate
+        pause_ms = (turn_config.speculate_after_ms
+                    if judge_pauses and turn_config.speculate_after_ms < end_silence_ms else None)
+        self._endpointer = Endpointer(
+            vad_config, end_silence_ms=end_silence_ms, pause_ms=pause_ms,
+            keep_after_end_ms=turn_config.resume_window_ms + vad_config.pre_roll_ms)
         self._resampler = StreamResampler(input_rate, PIPELINE_RATE)
         self._framer = Framer(FRAME_SAMPLES)
         self._turn_id = 0
         self._active_turn: int | None = None
+        self._speculating: int | None = None
+        """The turn whose answer is being prepared during the current pause."""
+        self._decided_at_ms = 0
+        """Stream time of the active turn's end-of-turn decision."""
+        self._audible_at_ms: int | None = None
+        """Stream time at which the active turn's reply audio started going out."""
+        self._partial_at_ms = 0
+        self.end_probabilities: list[float] = []
+        """The end-of-turn model's judgement of each pause, in order (for benchmarks)."""
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -148,45 +232,127 @@ class Session:
         samples = bytes_to_int16(pcm)
         self.dropped[reason] += samples.size * PIPELINE_RATE // self._resampler.rate_in
 
+    def _deaf(self) -> bool:
+        """Half-duplex: the reply is (or may be) playing, so the input is not listened to."""
+        return (self.state is State.RESPONDING and not self.barge_in
+                and (self._audible_at_ms is not None or not self._turn.resume_window_ms))
+
     def _frame(self, frame: Int16Array) -> list[Action]:
-        if self.muted or (self.state is State.RESPONDING and not self.barge_in):
+        if self.muted or self._deaf():
             self.dropped["muted" if self.muted else "responding"] += frame.size
             self._endpointer.skip()  # keep stream time (audio_ms) counting the dropped audio
             return []
         self.processed_samples += frame.size
         cleaned = self._frontend.process(frame)
-        events = self._endpointer.push(cleaned, self._vad.is_speech(cleaned))
-        return [a for event in events for a in self._on_endpoint(event)]
+        speech = self._vad.is_speech(cleaned)
+        events = self._endpointer.push(cleaned, speech)
+        actions = [a for event in events for a in self._on_endpoint(event)]
+        if speech and self.state is State.USER_SPEAKING:
+            actions.extend(self._maybe_partial())
+        return actions
+
+    def _maybe_partial(self) -> list[Action]:
+        interval, now_ms = self._turn.partial_interval_ms, self._endpointer.now_ms
+        if not interval or now_ms - self._partial_at_ms < interval:
+            return []
+        self._partial_at_ms = now_ms
+        return [Transcribe(self._turn_id, self._endpointer.utterance_audio(), now_ms)]
 
     def _on_endpoint(self, event: EndpointEvent) -> list[Action]:
-        actions: list[Action] = []
         if isinstance(event, SpeechStart):
-            if self._active_turn is not None:
-                actions.append(CancelTurn(self._active_turn, "barge_in"))
-                self._active_turn = None
-            self._turn_id += 1
-            if self.state is not State.ENDING:
-                self.state = State.USER_SPEAKING
-            actions.append(Emit(SpeechStarted(turn_id=self._turn_id, audio_ms=event.at_ms)))
-        elif isinstance(event, SpeechEnd):
-            actions.append(Emit(SpeechStopped(
-                turn_id=self._turn_id,
-                audio_ms=event.at_ms,
-                speech_end_ms=event.speech_end_ms,
-                reason=event.reason,
-            )))
-            if self._turn_gate is not None and not self._turn_gate():
-                return actions + self._refuse_turn(self._turn_id)
-            actions.append(StartTurn(
-                turn_id=self._turn_id,
-                audio=event.audio,
-                endpoint_wait_ms=event.at_ms - event.speech_end_ms,
-            ))
-            self._active_turn = self._turn_id
-            if self.state is not State.ENDING:
-                self.state = State.RESPONDING
-        elif isinstance(event, SpeechDiscarded) and self.state is State.USER_SPEAKING:
+            return self._on_start(event)
+        if isinstance(event, SpeechPause):
+            return self._on_pause(event)
+        if isinstance(event, SpeechContinued):
+            return self._stop_speculating()
+        if isinstance(event, SpeechEnd):
+            return self._on_end(event)
+        actions = self._stop_speculating()  # SpeechDiscarded
+        if self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
+        return actions
+
+    def _on_start(self, event: SpeechStart) -> list[Action]:
+        actions: list[Action] = []
+        self._partial_at_ms = event.at_ms
+        if self._active_turn is not None:
+            if self._reply_unheard(event.at_ms) and self._endpointer.resume():
+                turn_id, self._active_turn = self._active_turn, None
+                if self.state is not State.ENDING:
+                    self.state = State.USER_SPEAKING
+                return [AbandonTurn(turn_id),
+                        Emit(SpeechResumed(turn_id=turn_id, audio_ms=event.at_ms))]
+            if not self.barge_in:  # half-duplex: a reply is coming; this speech is not heard
+                self._endpointer.reset()
+                return []
+            actions.append(CancelTurn(self._active_turn, "barge_in"))
+            self._active_turn = None
+        self._turn_id += 1
+        if self.state is not State.ENDING:
+            self.state = State.USER_SPEAKING
+        actions.append(Emit(SpeechStarted(turn_id=self._turn_id, audio_ms=event.at_ms)))
+        return actions
+
+    def _reply_unheard(self, speech_at_ms: int) -> bool:
+        """Whether speech starting at ``speech_at_ms`` began before the person could have
+        heard any of the active turn's reply, within the resume window."""
+        window = self._turn.resume_window_ms
+        if not window or self.state is not State.RESPONDING:
+            return False
+        if speech_at_ms - self._decided_at_ms > window:
+            return False
+        return (self._audible_at_ms is None
+                or speech_at_ms < self._audible_at_ms + self._turn.reply_heard_after_ms)
+
+    def _on_pause(self, event: SpeechPause) -> list[Action]:
+        if self._turn_end is not None:
+            self._endpointer.end_after(self._judge(event.audio))
+        if not self._turn.speculate:
+            return []
+        self._speculating = self._turn_id
+        return [Speculate(self._turn_id, event.audio, event.at_ms - event.speech_end_ms)]
+
+    def _judge(self, audio: Int16Array) -> int:
+        """The silence (ms) that ends this pause's utterance, from the end-of-turn model."""
+        assert self._turn_end is not None  # noqa: S101 - only called with a model
+        try:
+            probability = float(self._turn_end.complete_probability(audio))
+        except Exception:  # a failing model must cost the turn its speed, never the session
+            log.exception("end-of-turn model failed; waiting the full silence")
+            return self._turn.incomplete_silence_ms
+        self.end_probabilities.append(probability)
+        if probability >= self._turn.complete_threshold:
+            return self._turn.complete_silence_ms
+        return self._turn.incomplete_silence_ms
+
+    def _stop_speculating(self) -> list[Action]:
+        if self._speculating is None:
+            return []
+        turn_id, self._speculating = self._speculating, None
+        return [AbandonTurn(turn_id)]
+
+    def _on_end(self, event: SpeechEnd) -> list[Action]:
+        actions: list[Action] = [Emit(SpeechStopped(
+            turn_id=self._turn_id,
+            audio_ms=event.at_ms,
+            speech_end_ms=event.speech_end_ms,
+            reason=event.reason,
+        ))]
+        wait_ms = event.at_ms - event.speech_end_ms
+        if self._turn_gate is not None and not self._turn_gate():
+            return actions + self._stop_speculating() + self._refuse_turn(self._turn_id)
+        if self._speculating == self._turn_id:
+            # Nothing was said since the pause: what is being prepared answers this audio.
+            self._speculating = None
+            actions.append(CommitTurn(self._turn_id, wait_ms))
+        else:
+            actions += self._stop_speculating()
+            actions.append(StartTurn(turn_id=self._turn_id, audio=event.audio,
+                                     endpoint_wait_ms=wait_ms))
+        self._active_turn = self._turn_id
+        self._decided_at_ms, self._audible_at_ms = event.at_ms, None
+        if self.state is not State.ENDING:
+            self.state = State.RESPONDING
         return actions
 
     def _refuse_turn(self, turn_id: int) -> list[Action]:
@@ -198,6 +364,17 @@ class Session:
             Emit(TurnDone.unrun(turn_id, "error")),
         ]
 
+    def partial(self, turn_id: int, text: str, audio_ms: int) -> list[Action]:
+        """A partial transcript is ready: sent only while that utterance is still open."""
+        if turn_id != self._turn_id or self.state is not State.USER_SPEAKING or not text:
+            return []
+        return [Emit(TranscriptPartial(turn_id=turn_id, text=text, audio_ms=audio_ms))]
+
+    def reply_audible(self, turn_id: int) -> None:
+        """The owner started sending the turn's reply audio: from about now it can be heard."""
+        if turn_id == self._active_turn and self._audible_at_ms is None:
+            self._audible_at_ms = self._endpointer.now_ms
+
     def cancel(self) -> list[Action]:
         """The client asked to stop the current reply."""
         if self._active_turn is None:
@@ -208,7 +385,7 @@ class Session:
         return [CancelTurn(turn, "client")]
 
     def turn_finished(self, turn_id: int) -> list[Action]:
-        """The connection reports that a turn's terminal event was sent."""
+        """The owner is about to send the turn's terminal event: it can no longer resume."""
         if turn_id == self._active_turn:
             self._active_turn = None
             if self.state is State.RESPONDING:

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -25,34 +24,30 @@ from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
 from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
 from voice_agent.engines import Engines
-from voice_agent.errors import EngineError, EngineTruncated, VoiceAgentError
+from voice_agent.errors import EngineError, EngineTruncated, Preempted, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
+from voice_agent.llm.scheduler import Priority
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter, ends_sentence
+from voice_agent.output import TurnOutput
 from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, mentions_tag, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
     ReasoningText,
     ReplyText,
-    ServerEvent,
     TranscriptEvent,
     TurnDone,
 )
+from voice_agent.speculation import Speculation
+
+__all__ = ["TurnOutput", "TurnRunner"]
 
 log = logging.getLogger(__name__)
 
 AUDIO_FRAME_MS = 200
 """Reply PCM is sent in binary frames of at most this length."""
 SENTENCE_QUEUE = 8
-
-
-class TurnOutput(Protocol):
-    """Where a turn's events and reply audio go (a WebSocket, a speaker, a test list)."""
-
-    async def event(self, event: ServerEvent) -> None: ...
-
-    async def audio(self, pcm: bytes) -> None: ...
 
 
 @dataclass
@@ -88,6 +83,21 @@ class _Turn:
     reply_full: bool = False
     """``llm.max_reply_s`` reached: nothing more is spoken, and the model is stopped."""
     error: VoiceAgentError | None = None
+    speculation: Speculation | None = None
+    """Set while the turn runs before it is decided (its output is then held)."""
+
+    def restart_reply(self) -> None:
+        """Forget a reply that was prepared and thrown away unheard (pre-empted speculation),
+        so the turn can answer again from its transcript."""
+        self.sentences = asyncio.Queue(SENTENCE_QUEUE)
+        self.chunker = SentenceChunker()
+        self.reply, self.spoken = [], []
+        self.audio_samples, self.answer_sentences = 0, 0
+        self.answer_started = self.answer_at_sentence_end = self.reply_full = False
+        self.engine, self.error = "", None
+        for name in ("llm_first_token_ms", "first_sentence_ms", "tts_first_chunk_ms",
+                     "first_audio_ms"):
+            self.timings.pop(name, None)
 
     def mark(self, name: str) -> None:
         self.timings.setdefault(name, round((time.perf_counter() - self.started) * 1000, 1))
@@ -144,14 +154,25 @@ class TurnRunner:
         """This speaker's baseline (loudness, pitch, rate), learned over the session."""
 
     async def run(
-        self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput
+        self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
+        *, speculation: Speculation | None = None,
     ) -> TurnDone:
-        """Run the turn; returns its terminal event (also when cancelled or failed)."""
-        turn = _Turn(turn_id, out)
+        """Run the turn; returns its terminal event (also when cancelled or failed).
+
+        With ``speculation`` the turn starts before it is decided: its output goes to the
+        speculation's held output, and the run ends only once the turn is committed (it is
+        cancelled if it never is)."""
+        turn = _Turn(turn_id, speculation.out if speculation else out, speculation=speculation)
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
         try:
             await self._run(turn, audio)
+            if speculation is not None:
+                await speculation.committed.wait()
+                turn.timings["speculated_ms"] = round(
+                    (speculation.endpoint_wait_ms or endpoint_wait_ms) - endpoint_wait_ms, 1)
+                turn.timings["endpoint_wait_ms"] = float(speculation.endpoint_wait_ms
+                                                         or endpoint_wait_ms)
             if not turn.transcript:
                 status = "empty"
             elif turn.error is not None:
@@ -171,7 +192,8 @@ class TurnRunner:
                                            transient=error.transient, turn_id=turn_id))
             except Exception as send_exc:  # the output itself failed: the turn ends anyway
                 log.debug("turn %d: could not report its error: %r", turn_id, send_exc)
-        if turn.transcript and turn.answer_started:
+        abandoned = speculation is not None and speculation.abandoned
+        if turn.transcript and turn.answer_started and not abandoned:
             self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
         turn.mark("total_ms")
         return TurnDone(
@@ -199,6 +221,35 @@ class TurnRunner:
             turn.transcript = ""
             return
         turn.note = await self._hear_emotion(turn, audio, transcript)
+        speculation = turn.speculation
+        if speculation is None:
+            await self._respond(turn)
+            return
+        before_reply = speculation.out.mark()
+        try:
+            await self._respond(turn)
+        except Preempted:
+            # A committed turn took the model: drop what was prepared, unheard, and answer
+            # again once this turn is decided (the transcript and emotion tag still hold).
+            speculation.out.rollback(before_reply)
+            speculation.preempted_runs += 1
+            turn.restart_reply()
+            await speculation.committed.wait()
+            speculation.preempted = False
+            await speculation.out.release()
+            await self._respond(turn)
+
+    async def partial_transcript(self, audio: Int16Array) -> str:
+        """What is heard so far in an open utterance (``transcript_partial``)."""
+        engines = self._engines
+        transcript = await call_in_thread(
+            lambda: engines.asr.transcribe(audio), engines.asr_executor,
+            timeout_s=self._config.asr.timeout_s, what="speech recognition",
+        )
+        return transcript.text
+
+    async def _respond(self, turn: _Turn) -> None:
+        """The model's answer, spoken as it is written."""
         speaker = asyncio.create_task(self._speak(turn))
         try:
             await self._think(turn)
@@ -256,6 +307,8 @@ class TurnRunner:
                              turn.turn_id, engine.name)
                     untagged = self.conversation.messages(turn.transcript)
                     await self._answer_with(engine, untagged, turn)
+            except Preempted:
+                raise  # not the engine's failure: the turn answers again once committed
             except Exception as exc:
                 error = exc if isinstance(exc, VoiceAgentError) else EngineError(repr(exc))
                 chain.record(engine, success=False, error=error)
@@ -287,7 +340,14 @@ class TurnRunner:
         reasoning_pieces = answer_pieces = 0
         acknowledged = cut = False
         # Through the engine's queue: llm_queue_ms, then llm_first_token_ms from its start.
-        tokens = self._engines.llm.stream(engine, messages, timings=turn.timings)
+        speculation = turn.speculation
+        if speculation is not None and speculation.speculative:
+            speculation.llm_runs += 1
+            tokens = self._engines.llm.stream(engine, messages, timings=turn.timings,
+                                              priority=Priority.SPECULATIVE,
+                                              speculation=speculation)
+        else:
+            tokens = self._engines.llm.stream(engine, messages, timings=turn.timings)
         truncated: list[EngineTruncated] = []
         async with aclosing(tokens), aclosing(_until_truncated(tokens, truncated)) as pieces:
             async for piece in pieces:

@@ -77,6 +77,24 @@ class SpeechStart:
 
 
 @dataclass(frozen=True)
+class SpeechPause:
+    """Silence has lasted the pause length: the utterance may be over (not decided yet)."""
+
+    at_ms: int
+    audio: Int16Array = field(repr=False)
+    """The utterance so far, with its pre-roll and the silence so far, 16 kHz."""
+    speech_end_ms: int
+    """Stream time just after the last speech frame."""
+
+
+@dataclass(frozen=True)
+class SpeechContinued:
+    """Speech again after a :class:`SpeechPause`, before the end: the same utterance goes on."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True)
 class SpeechEnd:
     at_ms: int
     """Stream time at which the turn was ended."""
@@ -93,16 +111,29 @@ class SpeechDiscarded:
     reason: Literal["too_short"]
 
 
-EndpointEvent = SpeechStart | SpeechEnd | SpeechDiscarded
+EndpointEvent = SpeechStart | SpeechPause | SpeechContinued | SpeechEnd | SpeechDiscarded
 
 
 class Endpointer:
-    """Turn 10 ms frames + speech flags into speech start/end events with pre-roll."""
+    """Turn 10 ms frames + speech flags into speech start/pause/end events with pre-roll.
 
-    def __init__(self, config: VadConfig) -> None:
+    ``end_silence_ms`` (default ``vad.end_silence_ms``) is the silence that ends an utterance;
+    the owner may change it for the current pause (:meth:`end_after`), which is how an
+    end-of-turn model lengthens or shortens it. ``pause_ms`` (optional, shorter than the end
+    silence) emits :class:`SpeechPause` once per pause. After a pause, a lone speech frame
+    (a click, a VAD flicker) does not continue the utterance: it takes ``vad.start_speech_ms``
+    of speech, like a start. ``keep_after_end_ms`` keeps the last utterance and the audio
+    after it so that :meth:`resume` can continue it when the owner decides the new speech
+    belongs to it.
+    """
+
+    def __init__(self, config: VadConfig, *, end_silence_ms: int | None = None,
+                 pause_ms: int | None = None, keep_after_end_ms: int = 0) -> None:
         self._start_frames = max(1, config.start_speech_ms // FRAME_MS)
         self._start_window: deque[bool] = deque(maxlen=self._start_frames * 2)
-        self._end_frames = max(1, config.end_silence_ms // FRAME_MS)
+        self._default_end_frames = max(1, (end_silence_ms or config.end_silence_ms) // FRAME_MS)
+        self._end_frames = self._default_end_frames
+        self._pause_frames = (max(1, pause_ms // FRAME_MS) if pause_ms else 0)
         self._min_frames = config.min_utterance_ms // FRAME_MS
         self._max_frames = int(config.max_utterance_s * 1000) // FRAME_MS
         # The frames that triggered the start are always kept, even with a shorter pre-roll.
@@ -110,19 +141,40 @@ class Endpointer:
         self._pre_roll: deque[Int16Array] = deque(maxlen=pre_roll_frames)
         self._frames: list[Int16Array] = []
         self._in_speech = False
+        self._paused = False
         self._silence_run = 0
         self._speech_frames = 0
         self._frame_index = 0
         self._last_speech_index = 0
+        self._previous: list[Int16Array] = []
+        self._previous_speech_frames = 0
+        self._after_end: deque[Int16Array] = deque(maxlen=max(1, keep_after_end_ms // FRAME_MS))
+        self._keep_after_end = keep_after_end_ms > 0
 
     @property
     def in_speech(self) -> bool:
         return self._in_speech
 
+    @property
+    def now_ms(self) -> int:
+        """Stream time after the last frame."""
+        return self._frame_index * FRAME_MS
+
+    def utterance_audio(self) -> Int16Array:
+        """The open utterance so far (empty when there is none)."""
+        return np.concatenate(self._frames) if self._frames else np.zeros(0, dtype=np.int16)
+
+    def end_after(self, silence_ms: int) -> None:
+        """End the current pause's utterance after ``silence_ms`` of silence (counted from
+        the last speech frame; a length already passed ends it at the next frame)."""
+        self._end_frames = max(1, silence_ms // FRAME_MS)
+
     def push(self, frame: Int16Array, speech: bool) -> list[EndpointEvent]:
         self._frame_index += 1
         now_ms = self._frame_index * FRAME_MS
         if not self._in_speech:
+            if self._keep_after_end:
+                self._after_end.append(frame)
             self._pre_roll.append(frame)
             self._start_window.append(speech)
             if sum(self._start_window) < self._start_frames:
@@ -136,6 +188,16 @@ class Endpointer:
             self._last_speech_index = self._frame_index
             return [SpeechStart(at_ms=now_ms - self._start_frames * FRAME_MS)]
         self._frames.append(frame)
+        events: list[EndpointEvent] = []
+        if self._paused:
+            # Speech must come back for real (start_speech_ms) to continue the utterance.
+            self._start_window.append(speech)
+            speech = sum(self._start_window) >= self._start_frames
+            if speech:
+                self._paused = False
+                self._start_window.clear()
+                self._end_frames = self._default_end_frames
+                events.append(SpeechContinued(at_ms=now_ms - self._start_frames * FRAME_MS))
         if speech:
             self._silence_run = 0
             self._speech_frames += 1
@@ -143,10 +205,15 @@ class Endpointer:
         else:
             self._silence_run += 1
         if self._silence_run >= self._end_frames:
-            return [self._finish(now_ms, "silence")]
+            return [*events, self._finish(now_ms, "silence")]
         if len(self._frames) >= self._max_frames:
-            return [self._finish(now_ms, "max_length")]
-        return []
+            return [*events, self._finish(now_ms, "max_length")]
+        if self._pause_frames and self._silence_run == self._pause_frames and not self._paused:
+            self._paused = True
+            self._start_window.clear()
+            events.append(SpeechPause(at_ms=now_ms, audio=np.concatenate(self._frames),
+                                      speech_end_ms=self._last_speech_index * FRAME_MS))
+        return events
 
     def skip(self) -> None:
         """A frame that was not listened to (input dropped while replying): stream time goes
@@ -154,6 +221,8 @@ class Endpointer:
         self._frame_index += 1
         self._pre_roll.clear()
         self._start_window.clear()
+        self._after_end.clear()
+        self._previous = []
 
     def flush(self) -> list[EndpointEvent]:
         """End of input: close an open utterance."""
@@ -161,11 +230,28 @@ class Endpointer:
             return []
         return [self._finish(self._frame_index * FRAME_MS, "flush")]
 
+    def resume(self) -> bool:
+        """Continue the last ended utterance with the speech that has just started: the
+        earlier audio, the gap and the new speech become one utterance. False (nothing
+        changed) when there is nothing to continue or the gap was longer than kept."""
+        if not self._in_speech or not self._previous:
+            return False
+        if len(self._after_end) >= (self._after_end.maxlen or 0):
+            return False
+        self._frames = [*self._previous, *self._after_end]
+        self._speech_frames += self._previous_speech_frames
+        self._previous = []
+        self._after_end.clear()
+        return True
+
     def reset(self) -> None:
         self._in_speech = False
+        self._paused = False
         self._frames = []
+        self._end_frames = self._default_end_frames
         self._pre_roll.clear()
         self._start_window.clear()
+        self._after_end.clear()
 
     def _finish(
         self, now_ms: int, reason: Literal["silence", "max_length", "flush"]
@@ -174,6 +260,10 @@ class Endpointer:
         self.reset()
         if speech_frames < self._min_frames:
             return SpeechDiscarded(at_ms=now_ms, reason="too_short")
+        if self._keep_after_end and reason == "silence":
+            self._previous, self._previous_speech_frames = frames, speech_frames
+        else:
+            self._previous = []
         return SpeechEnd(
             at_ms=now_ms,
             audio=np.concatenate(frames),

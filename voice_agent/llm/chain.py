@@ -32,7 +32,7 @@ from voice_agent.config import LlmConfig
 from voice_agent.errors import Overloaded, VoiceAgentError
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import TokenCounter, estimate_tokens, fit_to_context
-from voice_agent.llm.scheduler import EngineLane, Priority, Scheduler
+from voice_agent.llm.scheduler import EngineLane, Priority, Scheduler, Speculation
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ class LlmChain:
         ]
 
     def waiting(self, engine: LlmEngine) -> int:
-        """Calls queued for ``engine`` (turns or probes) behind the ones it is serving."""
-        return self._link(engine).lane.waiting
+        """Committed turns queued for ``engine`` behind the ones it is serving."""
+        return self._link(engine).lane.waiting_turns
 
     def _link(self, engine: LlmEngine) -> ChainLink:
         for link in self.links:
@@ -208,15 +208,18 @@ class LlmChain:
         *,
         timings: dict[str, float] | None = None,
         priority: int = Priority.TURN,
+        speculation: Speculation | None = None,
     ) -> AsyncGenerator[str, None]:
         """``engine``'s reply to ``messages`` (fitted to its context), through its queue;
-        see :meth:`EngineLane.stream` for the timings. Consume under ``aclosing``."""
+        see :meth:`EngineLane.stream` for the timings and ``speculation``. Consume under
+        ``aclosing``."""
         lane = self._link(engine).lane
         fitted = self.fit(engine, messages)
         if len(fitted) < len(messages):
             log.info("%s: %d oldest messages left out to fit the context",
                      engine.name, len(messages) - len(fitted))
-        pieces = lane.stream(fitted, priority=priority, timings=timings)
+        pieces = lane.stream(fitted, priority=priority, timings=timings,
+                             speculation=speculation)
         async with aclosing(pieces):
             async for piece in pieces:
                 yield piece

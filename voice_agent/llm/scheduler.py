@@ -15,27 +15,31 @@ fail at once with ``engine_timeout`` (which the breaker does count) instead of q
 behind a call that may never end. The lane's own thread is the one stuck, so other engines
 (the fallback) keep theirs.
 
-Waiters are served by priority, then first come first served. Issue 8 (a committed turn
-pre-empting speculative work) adds its level to :class:`Priority`; nothing else changes.
+Waiters are served by priority, then first come first served. Speculative work (an answer
+prepared during a pause, before the person's turn is decided) waits behind every committed
+turn, and a committed turn that finds the engine busy with speculation pre-empts it: the
+speculative call is told to stop at once (its consumer gets :class:`Preempted`) and the slot
+passes on as soon as the engine has noticed. A speculation that becomes committed while it
+waits or runs is a turn like any other from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from voice_agent.aio import iterate_in_thread
 from voice_agent.config import LlmConfig
-from voice_agent.errors import EngineTimeout, Overloaded
+from voice_agent.errors import EngineTimeout, Overloaded, Preempted
 from voice_agent.llm.base import ChatMessage, LlmEngine
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,23 @@ class Priority(enum.IntEnum):
 
     TURN = 0
     """A turn someone is waiting to hear."""
+    SPECULATIVE = 5
+    """An answer prepared before the turn is decided: pre-empted by any turn."""
     PROBE = 10
     """A breaker probe: only when no turn wants the engine."""
+
+
+class Speculation(Protocol):
+    """What the lane needs of a speculative call (``voice_agent.speculation``)."""
+
+    @property
+    def speculative(self) -> bool:
+        """Still speculative (False once the turn is committed)."""
+        ...
+
+    def try_preempt(self) -> bool:
+        """Give the engine up if still speculative (atomically marks it pre-empted)."""
+        ...
 
 
 @dataclass
@@ -56,11 +75,25 @@ class _Waiter:
     seq: int
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[None] = field(compare=False)
+    speculation: Speculation | None = field(default=None, compare=False)
     granted: bool = field(default=False, compare=False)
     """Set under the lane's lock: the slot is this waiter's (the future only wakes it)."""
 
-    def __lt__(self, other: _Waiter) -> bool:
-        return (self.priority, self.seq) < (other.priority, other.seq)
+    def rank(self) -> tuple[int, int]:
+        """Served lowest first; read when the slot is handed on, so a speculation committed
+        while it waited queues as the turn it has become."""
+        speculative = self.speculation is not None and self.speculation.speculative
+        return (Priority.SPECULATIVE if speculative else self.priority, self.seq)
+
+
+@dataclass
+class _Call:
+    """A call holding a slot: what pre-emption needs to stop it."""
+
+    speculation: Speculation | None
+    stop: threading.Event | None = None
+    """The engine's stop flag, once its worker thread has started the call."""
+    preempted: bool = False
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -95,6 +128,8 @@ class EngineLane:
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._calls = itertools.count()
+        self._running: dict[int, _Call] = {}
+        """Calls holding a slot, by call number (pre-emption looks here)."""
         self._abandoned: dict[int, float] = {}
         """Calls whose consumer has gone while the engine still runs them → when it went."""
         self._cold = bool(getattr(engine, "cold_start", False))
@@ -105,6 +140,12 @@ class EngineLane:
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiters)
+
+    @property
+    def waiting_turns(self) -> int:
+        """Waiters that are committed turns (not speculation, not probes)."""
+        with self._lock:
+            return sum(1 for w in self._waiters if w.rank()[0] == Priority.TURN)
 
     @property
     def busy(self) -> int:
@@ -118,22 +159,27 @@ class EngineLane:
             return None
         return min(self._abandoned.values()) + self._config.stop_grace_s
 
-    async def acquire(self, priority: int = Priority.TURN) -> None:
+    async def acquire(self, priority: int = Priority.TURN,
+                      speculation: Speculation | None = None) -> None:
         """Wait for a slot. Raises :class:`Overloaded` after ``llm.queue_timeout_s`` and
-        :class:`EngineTimeout` when the engine is wedged; the caller must :meth:`release`."""
+        :class:`EngineTimeout` when the engine is wedged; the caller must :meth:`release`.
+        A committed turn that has to wait pre-empts a speculative call holding a slot."""
         loop = asyncio.get_running_loop()
         deadline = self._clock() + self._config.queue_timeout_s
         with self._lock:
             if self._free > 0 and not self._waiters:
                 self._free -= 1
                 return
-            waiter = _Waiter(priority, next(self._seq), loop, loop.create_future())
-            heapq.heappush(self._waiters, waiter)
+            waiter = _Waiter(priority, next(self._seq), loop, loop.create_future(),
+                             speculation)
+            self._waiters.append(waiter)
         try:
             while True:
                 with self._lock:
                     if waiter.granted:
                         return
+                    if waiter.rank()[0] == Priority.TURN:
+                        self._preempt_locked()
                     now, wedged_at = self._clock(), self._wedged_at()
                     if wedged_at is not None and now >= wedged_at:
                         raise EngineTimeout(
@@ -155,7 +201,6 @@ class EngineLane:
                     self._release_locked()
                 else:
                     self._waiters.remove(waiter)
-                    heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
@@ -163,9 +208,21 @@ class EngineLane:
         with self._lock:
             self._release_locked()
 
+    def _preempt_locked(self) -> None:
+        """Stop one speculative call, unless one is already stopping for a turn."""
+        if any(call.preempted for call in self._running.values()):
+            return
+        for call in self._running.values():
+            if call.speculation is not None and call.speculation.try_preempt():
+                call.preempted = True
+                if call.stop is not None:
+                    call.stop.set()
+                return
+
     def _release_locked(self) -> None:
         while self._waiters:
-            waiter = heapq.heappop(self._waiters)
+            waiter = min(self._waiters, key=_Waiter.rank)
+            self._waiters.remove(waiter)
             try:
                 waiter.loop.call_soon_threadsafe(_wake, waiter.future)
             except RuntimeError:  # its loop is gone, and the waiter with it
@@ -189,16 +246,19 @@ class EngineLane:
         *,
         priority: int = Priority.TURN,
         timings: dict[str, float] | None = None,
+        speculation: Speculation | None = None,
     ) -> AsyncGenerator[str, None]:
         """The engine's reply pieces, after waiting for the engine.
 
         ``timings`` (a turn's ``timings_ms``) gets ``llm_queue_ms`` (added up over the
         engines a turn tries) and ``llm_first_token_ms`` (from when this engine started).
+        With ``speculation``, the call waits behind committed turns while it is speculative
+        and raises :class:`Preempted` when one takes the engine from it.
         Consume it under ``contextlib.aclosing``.
         """
         queued = time.perf_counter()
         try:
-            await self.acquire(priority)
+            await self.acquire(priority, speculation)
         finally:  # a wait that ended in ``overloaded`` is queue time too
             started = time.perf_counter()
             if timings is not None:
@@ -206,19 +266,30 @@ class EngineLane:
                 timings["llm_queue_ms"] = round(timings.get("llm_queue_ms", 0.0) + waited, 1)
         call = next(self._calls)
         finished = threading.Event()
+        state = _Call(speculation)
+        with self._lock:
+            self._running[call] = state
 
         def done() -> None:  # in the worker thread, once the engine call really ended
             with self._lock:
                 finished.set()
+                self._running.pop(call, None)
                 self._abandoned.pop(call, None)
                 self._release_locked()
+
+        def run(stop: threading.Event) -> Iterator[str]:  # in the worker thread
+            with self._lock:
+                state.stop = stop
+                if state.preempted:
+                    return iter(())
+            return self.engine.stream(messages, stop)
 
         first_timeout_s = self._config.first_token_timeout_s
         if self._cold:
             self._cold = False
             first_timeout_s = max(first_timeout_s, self._config.first_call_timeout_s)
         pieces = iterate_in_thread(
-            lambda stop: self.engine.stream(messages, stop), self._executor,
+            run, self._executor,
             first_timeout_s=first_timeout_s, next_timeout_s=self._config.token_timeout_s,
             what=self.engine.name, on_done=done,
         )
@@ -226,11 +297,15 @@ class EngineLane:
             async with aclosing(pieces):
                 first = True
                 async for piece in pieces:
+                    if state.preempted:
+                        break
                     if first and timings is not None:
                         timings["llm_first_token_ms"] = round(
                             (time.perf_counter() - started) * 1000, 1)
                     first = False
                     yield piece
+            if state.preempted:
+                raise Preempted(f"{self.engine.name}: speculation gave way to a turn")
         finally:
             with self._lock:
                 if not finished.is_set():

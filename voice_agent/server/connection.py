@@ -191,6 +191,8 @@ class Connection:
             vad=make_vad(config.vad),
             input_rate=start.sample_rate,
             turn_gate=lambda: turns.allow(clock()),
+            turn_config=config.turn,
+            turn_end=self.engines.turn_end,
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(session, runner, self, self._close,
