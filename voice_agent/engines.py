@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
+from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
 from voice_agent.config import Config
 from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
@@ -15,6 +16,7 @@ from voice_agent.llm.chain import LlmChain
 from voice_agent.models import Manifest
 from voice_agent.offline import enforce_offline
 from voice_agent.prompt import system_prompt
+from voice_agent.session import TurnEndModel
 from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
 
@@ -26,6 +28,8 @@ class Engines:
     asr: Transcriber
     llm: LlmChain
     tts: TtsEngine
+    turn_end: TurnEndModel | None = None
+    """Smart Turn v3 (``turn.endpoint = "smart"``); None: fixed silence ends every turn."""
     # One thread per stage: a stage's engine serializes its calls anyway, and separate
     # pools let LLM decoding and TTS of the previous sentence overlap. Each LLM engine has
     # its own queue and thread in the chain (``llm.scheduler``), so a hung primary's thread
@@ -37,6 +41,8 @@ class Engines:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
     )
     load_seconds: dict[str, float] = field(default_factory=dict)
+    turn_end: TurnEndModel | None = None
+    """The end-of-turn model (``turn.endpoint = "smart"``); None: fixed silence decides."""
 
     def close(self) -> None:
         for pool in (self.asr_executor, self.tts_executor):
@@ -97,9 +103,14 @@ def load_engines(config: Config, manifest: Manifest | None = None) -> Engines:
     started = time.perf_counter()
     tts = load_tts(config, manifest)
     seconds["tts"] = time.perf_counter() - started
+    turn_end = None
+    if config.turn.endpoint == "smart":
+        started = time.perf_counter()
+        turn_end = load_turn_end_model(manifest)  # None, logged, when it cannot load
+        seconds["turn_end"] = time.perf_counter() - started
     if config.emotion.enabled:
         from voice_agent.emotion import warm_up
 
         warm_up()
     log.info("engines loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
-    return Engines(asr=asr, llm=llm, tts=tts, load_seconds=seconds)
+    return Engines(asr=asr, llm=llm, tts=tts, turn_end=turn_end, load_seconds=seconds)
