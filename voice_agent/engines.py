@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
-from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
+from voice_agent.audio.turn_end import load_turn_end_model
 from voice_agent.config import Config
 from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
@@ -28,8 +28,6 @@ class Engines:
     asr: Transcriber
     llm: LlmChain
     tts: TtsEngine
-    turn_end: TurnEndModel | None = None
-    """Smart Turn v3 (``turn.endpoint = "smart"``); None: fixed silence ends every turn."""
     # One thread per stage: a stage's engine serializes its calls anyway, and separate
     # pools let LLM decoding and TTS of the previous sentence overlap. Each LLM engine has
     # its own queue and thread in the chain (``llm.scheduler``), so a hung primary's thread

@@ -21,8 +21,8 @@ from typing import Literal
 
 from voice_agent.errors import ModelError
 
-Role = Literal["asr", "llm", "tts"]
-ROLES: tuple[Role, ...] = ("asr", "llm", "tts")
+Role = Literal["asr", "llm", "tts", "turn"]
+ROLES: tuple[Role, ...] = ("asr", "llm", "tts", "turn")
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "data" / "manifest.toml"
 """The shipped manifest of the embedded default models (package data)."""
 
