@@ -24,6 +24,7 @@ from voice_agent.server.protocol import (
     ReplyText,
     ServerEvent,
     SessionEnd,
+    SpeechStarted,
     SpeechStopped,
     TranscriptEvent,
     TurnDone,
@@ -98,6 +99,11 @@ class PacedRunner:
     async def partial_transcript(self, audio: Int16Array) -> str:
         await asyncio.sleep(0.001)
         return "hel"
+
+    async def judge_turn_end(self, audio: Int16Array,
+                             speculation: Speculation | None = None) -> float:
+        await asyncio.sleep(0.001)
+        return 0.9
 
 
 class Harness:
@@ -282,3 +288,53 @@ async def _interleave(ops: list[tuple[str, int]], end_at: int, steps: int,
             assert turn_id not in ended, f"{event.type} after turn {turn_id} ended"
             if isinstance(event, TurnDone):
                 ended.add(event.turn_id)
+
+
+# --- speculation (issue 8) ----------------------------------------------------------------
+
+
+def speculating_session() -> Session:
+    from tests.test_session import EnergyVad
+    from voice_agent.audio.frontend import PassthroughFrontend
+    from voice_agent.config import TurnConfig, VadConfig
+
+    turn = TurnConfig(speculate_after_ms=100, complete_silence_ms=200,
+                      incomplete_silence_ms=600, partial_interval_ms=0)
+    vad = VadConfig(start_speech_ms=30, pre_roll_ms=50, min_utterance_ms=50)
+    return Session(vad_config=vad, frontend=PassthroughFrontend(), vad=EnergyVad(),
+                   input_rate=16000, turn_config=turn, judge_pauses=True)
+
+
+def reply_events(out: Output) -> list[ServerEvent]:
+    return [e for e in out.events if not isinstance(e, SpeechStarted | SpeechStopped)]
+
+
+async def test_a_speculation_abandoned_by_resumed_speech_sends_nothing() -> None:
+    out = Output()
+    h = Harness(PacedRunner(steps=3), out, speculating_session())
+    await feed(h, tone(300) + silence(120))  # a pause: the speculation starts, held
+    await asyncio.sleep(0.05)  # it has produced everything it will before the commit
+    assert not reply_events(out) and out.audio_frames == 0
+    await feed(h, tone(300))  # speech again: thrown away
+    await asyncio.sleep(0.05)
+    assert not reply_events(out) and out.audio_frames == 0
+    await feed(h, silence(700))  # the end: a new speculation, committed
+    await asyncio.sleep(0.1)
+    types = [type(e).__name__ for e in out.events]
+    assert types.count("TranscriptEvent") == 1 and types.count("TurnDone") == 1, types
+    done = next(e for e in out.events if isinstance(e, TurnDone))
+    assert done.status == "ok" and out.audio_frames == 3
+    assert h.driver.active_turns == 0
+
+
+async def test_a_committed_speculation_releases_its_held_output_in_order() -> None:
+    out = Output()
+    h = Harness(PacedRunner(steps=2), out, speculating_session())
+    await feed(h, tone(300) + silence(120))
+    await asyncio.sleep(0.05)
+    assert not reply_events(out)
+    await feed(h, silence(200))  # judged finished (0.9): ends after 200 ms of silence
+    await asyncio.sleep(0.05)
+    types = [type(e).__name__ for e in out.events]
+    assert types == ["SpeechStarted", "SpeechStopped", "TranscriptEvent", "ReplyText", "ReplyText",
+                     "TurnDone"], types

@@ -39,6 +39,7 @@ from voice_agent.session import (
     Close,
     CommitTurn,
     Emit,
+    JudgeTurn,
     Session,
     Speculate,
     StartTurn,
@@ -57,6 +58,9 @@ class Runner(Protocol):
                   out: TurnOutput, *, speculation: Speculation | None = None) -> TurnDone: ...
 
     async def partial_transcript(self, audio: Int16Array) -> str: ...
+
+    async def judge_turn_end(self, audio: Int16Array,
+                             speculation: Speculation | None = None) -> float: ...
 
 
 @dataclass
@@ -112,6 +116,7 @@ class SessionDriver:
         self._discarded: dict[int, int] = {}
         """Speculative model runs thrown away, by turn, until the turn's end reports them."""
         self._partial: asyncio.Task[None] | None = None
+        self._judge: asyncio.Task[None] | None = None
         self._output_failed = False
         """Set when the output raised once: it is gone, so new turns end at once."""
         self._idle = asyncio.Event()
@@ -137,6 +142,11 @@ class SessionDriver:
                 self._abandon(action.turn_id)
             elif isinstance(action, Transcribe):
                 self._transcribe(action)
+            elif isinstance(action, JudgeTurn):
+                if self._judge is not None:
+                    self._judge.cancel()  # its pause is over: a late answer is ignored anyway
+                self._judge = asyncio.create_task(self._judge_turn(action),
+                                                  name=f"judge-{action.turn_id}")
             elif isinstance(action, CancelTurn):
                 self._cancel(action.turn_id, action.reason)
             elif isinstance(action, Close):
@@ -198,6 +208,18 @@ class SessionDriver:
         self._partial = asyncio.create_task(self._partial_transcript(action),
                                             name=f"partial-{action.turn_id}")
 
+    async def _judge_turn(self, action: JudgeTurn) -> None:
+        running = self._turns.get(action.turn_id)
+        speculation = running.speculation if running is not None else None
+        try:
+            probability = await self.runner.judge_turn_end(action.audio, speculation)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the long silence decides, as without a model
+            log.warning("end-of-turn model failed: %r", exc)
+            return
+        self.session.judged(action.turn_id, action.pause_at_ms, probability)
+
     async def _partial_transcript(self, action: Transcribe) -> None:
         try:
             text = await self.runner.partial_transcript(action.audio)
@@ -227,6 +249,8 @@ class SessionDriver:
                 done = await self._result(turn_id, running.runner)
             if running.abandoned:
                 return  # no end: the person went on speaking, and the turn with them
+            if running.speculation is not None:
+                await running.speculation.out.settled()
         except asyncio.CancelledError:
             # Someone cancelled the driver's own task (the loop is shutting down): stop the
             # engines' work and record the end; there is no time left to deliver it.
@@ -290,6 +314,9 @@ class SessionDriver:
     async def stop(self) -> None:
         """Cancel every running turn and wait until each has ended (and reported its
         ``turn_done``, if the output still takes it): connection gone, or shutdown."""
+        for helper in (self._judge, self._partial):
+            if helper is not None:
+                helper.cancel()
         running = list(self._turns.items())
         for turn_id, _ in running:
             self._cancel(turn_id, "stop")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
-from voice_agent.audio.turn_end import load_turn_end_model
+from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
 from voice_agent.config import Config
 from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
@@ -16,7 +16,6 @@ from voice_agent.llm.chain import LlmChain
 from voice_agent.models import Manifest
 from voice_agent.offline import enforce_offline
 from voice_agent.prompt import system_prompt
-from voice_agent.session import TurnEndModel
 from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
 
@@ -41,9 +40,12 @@ class Engines:
     load_seconds: dict[str, float] = field(default_factory=dict)
     turn_end: TurnEndModel | None = None
     """The end-of-turn model (``turn.endpoint = "smart"``); None: fixed silence decides."""
+    turn_end_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="turn-end")
+    )
 
     def close(self) -> None:
-        for pool in (self.asr_executor, self.tts_executor):
+        for pool in (self.asr_executor, self.tts_executor, self.turn_end_executor):
             pool.shutdown(wait=False, cancel_futures=True)
         self.llm.close()
 

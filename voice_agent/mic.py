@@ -130,7 +130,7 @@ async def run_mic(engines: Engines, config: Config) -> None:
         input_rate=PIPELINE_RATE,
         barge_in=False,
         turn_config=config.turn,
-        turn_end=engines.turn_end,
+        judge_pauses=engines.turn_end is not None,
     )
 
     def offer(data: bytes) -> None:

@@ -26,11 +26,9 @@ completion, then the session closes normally.
 from __future__ import annotations
 
 import enum
-import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -62,18 +60,10 @@ from voice_agent.server.protocol import (
     TurnDone,
 )
 
-log = logging.getLogger(__name__)
-
 FIXED_SILENCE = TurnConfig(endpoint="silence", speculate=False, resume_window_ms=0,
                            partial_interval_ms=0)
 """Turn-taking as it was before issue 8: a fixed ``vad.end_silence_ms``, nothing else."""
 
-
-class TurnEndModel(Protocol):
-    def complete_probability(self, audio: Int16Array) -> float:
-        """How likely the speaker has finished, from the utterance so far (16 kHz, speech
-        then the silence so far)."""
-        ...
 
 
 class State(enum.Enum):
@@ -106,6 +96,18 @@ class Speculate:
     audio: Int16Array = field(repr=False)
     endpoint_wait_ms: int
     """Stream time from the last speech frame to the start of the speculation."""
+
+
+@dataclass(frozen=True)
+class JudgeTurn:
+    """Ask the end-of-turn model about the utterance at this pause; the answer comes back
+    through :meth:`Session.judged` (until it does, the long silence applies)."""
+
+    turn_id: int
+    audio: Int16Array = field(repr=False)
+    pause_at_ms: int
+    """Which pause this is (stream time of the pause): a late answer to an earlier pause
+    of the same utterance is ignored."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ class Close:
     reason: str
 
 
-Action = Emit | StartTurn | Speculate | CommitTurn | AbandonTurn | Transcribe | CancelTurn | Close
+Action = (Emit | StartTurn | Speculate | JudgeTurn | CommitTurn | AbandonTurn | Transcribe
+          | CancelTurn | Close)
 
 
 class Session:
@@ -165,24 +168,25 @@ class Session:
         barge_in: bool = True,
         turn_gate: Callable[[], bool] | None = None,
         turn_config: TurnConfig = FIXED_SILENCE,
-        turn_end: TurnEndModel | None = None,
+        judge_pauses: bool = False,
     ) -> None:
         """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
         refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
-        once, and is not answered. ``turn_end`` judges pauses when ``turn.endpoint`` is
-        ``smart``; without it the fixed ``vad.end_silence_ms`` decides."""
+        once, and is not answered. ``judge_pauses``: an end-of-turn model is there to ask
+        (``JudgeTurn``) when ``turn.endpoint`` is ``smart``; without one the fixed
+        ``vad.end_silence_ms`` decides."""
         self.state = State.LISTENING
         self._turn_gate = turn_gate
         self.barge_in = barge_in
         self._frontend = frontend
         self._vad = vad
         self._turn = turn_config
-        self._turn_end = turn_end if turn_config.endpoint == "smart" else None
-        end_silence_ms = (turn_config.incomplete_silence_ms if self._turn_end is not None
+        self._judge_pauses = judge_pauses and turn_config.endpoint == "smart"
+        end_silence_ms = (turn_config.incomplete_silence_ms if self._judge_pauses
                           else vad_config.end_silence_ms)
-        judge_pauses = self._turn_end is not None or turn_config.speculate
         pause_ms = (turn_config.speculate_after_ms
-                    if judge_pauses and turn_config.speculate_after_ms < end_silence_ms else None)
+                    if (self._judge_pauses or turn_config.speculate)
+                    and turn_config.speculate_after_ms < end_silence_ms else None)
         self._endpointer = Endpointer(
             vad_config, end_silence_ms=end_silence_ms, pause_ms=pause_ms,
             keep_after_end_ms=turn_config.resume_window_ms + vad_config.pre_roll_ms)
@@ -192,6 +196,8 @@ class Session:
         self._active_turn: int | None = None
         self._speculating: int | None = None
         """The turn whose answer is being prepared during the current pause."""
+        self._pause_at_ms: int | None = None
+        """Stream time of the open utterance's current pause (None while speech goes on)."""
         self._decided_at_ms = 0
         """Stream time of the active turn's end-of-turn decision."""
         self._audible_at_ms: int | None = None
@@ -264,10 +270,12 @@ class Session:
         if isinstance(event, SpeechPause):
             return self._on_pause(event)
         if isinstance(event, SpeechContinued):
+            self._pause_at_ms = None
             return self._stop_speculating()
         if isinstance(event, SpeechEnd):
             return self._on_end(event)
-        actions = self._stop_speculating()  # SpeechDiscarded
+        self._pause_at_ms = None  # SpeechDiscarded
+        actions = self._stop_speculating()
         if self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
         return actions
@@ -305,25 +313,26 @@ class Session:
                 or speech_at_ms < self._audible_at_ms + self._turn.reply_heard_after_ms)
 
     def _on_pause(self, event: SpeechPause) -> list[Action]:
-        if self._turn_end is not None:
-            self._endpointer.end_after(self._judge(event.audio))
-        if not self._turn.speculate:
-            return []
-        self._speculating = self._turn_id
-        return [Speculate(self._turn_id, event.audio, event.at_ms - event.speech_end_ms)]
+        actions: list[Action] = []
+        self._pause_at_ms = event.at_ms
+        if self._turn.speculate:
+            self._speculating = self._turn_id
+            actions.append(Speculate(self._turn_id, event.audio,
+                                     event.at_ms - event.speech_end_ms))
+        if self._judge_pauses:
+            actions.append(JudgeTurn(self._turn_id, event.audio, event.at_ms))
+        return actions
 
-    def _judge(self, audio: Int16Array) -> int:
-        """The silence (ms) that ends this pause's utterance, from the end-of-turn model."""
-        assert self._turn_end is not None  # noqa: S101 - only called with a model
-        try:
-            probability = float(self._turn_end.complete_probability(audio))
-        except Exception:  # a failing model must cost the turn its speed, never the session
-            log.exception("end-of-turn model failed; waiting the full silence")
-            return self._turn.incomplete_silence_ms
+    def judged(self, turn_id: int, pause_at_ms: int, probability: float) -> None:
+        """The end-of-turn model's answer for a pause: a finished utterance ends after
+        ``turn.complete_silence_ms`` (at once if that much silence has passed), an unfinished
+        one after ``turn.incomplete_silence_ms``. Answers to pauses that are over are ignored."""
+        if turn_id != self._turn_id or pause_at_ms != self._pause_at_ms:
+            return
         self.end_probabilities.append(probability)
-        if probability >= self._turn.complete_threshold:
-            return self._turn.complete_silence_ms
-        return self._turn.incomplete_silence_ms
+        finished = probability >= self._turn.complete_threshold
+        self._endpointer.end_after(self._turn.complete_silence_ms if finished
+                                   else self._turn.incomplete_silence_ms)
 
     def _stop_speculating(self) -> list[Action]:
         if self._speculating is None:
@@ -332,6 +341,7 @@ class Session:
         return [AbandonTurn(turn_id)]
 
     def _on_end(self, event: SpeechEnd) -> list[Action]:
+        self._pause_at_ms = None
         actions: list[Action] = [Emit(SpeechStopped(
             turn_id=self._turn_id,
             audio_ms=event.at_ms,

@@ -29,6 +29,7 @@ class HeldOutput:
         self._lock = asyncio.Lock()
         """Held items and passed-through ones go out in order, never interleaved."""
         self._released = asyncio.Event()
+        self._releasing = False
 
     @property
     def released(self) -> bool:
@@ -66,6 +67,7 @@ class HeldOutput:
 
     async def release(self) -> None:
         """Send everything held, in order; from then on everything passes straight on."""
+        self._releasing = True
         async with self._lock:
             if self.released:
                 return
@@ -78,6 +80,14 @@ class HeldOutput:
                         await self._out.event(item)
             finally:
                 self._released.set()
+
+
+    async def settled(self) -> None:
+        """Wait until a release under way has sent everything (the turn's end must come
+        after its output). Returns at once when nothing is being released."""
+        if self._releasing:
+            async with self._lock:
+                pass
 
 
 class Speculation:
@@ -99,6 +109,12 @@ class Speculation:
         """Of those, calls a committed turn took the model from (wasted too)."""
         self.endpoint_wait_ms: float | None = None
         """Silence from the last speech to the commit decision."""
+        self.transcript: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """What the speculative ASR heard (the end-of-turn judgement reads its words)."""
+
+    def heard(self, text: str) -> None:
+        if not self.transcript.done():
+            self.transcript.set_result(text)
 
     @property
     def speculative(self) -> bool:

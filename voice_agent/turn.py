@@ -21,6 +21,7 @@ import numpy as np
 from voice_agent.aio import call_in_thread, iterate_in_thread
 from voice_agent.asr import Transcript
 from voice_agent.audio.pcm import Int16Array, StreamResampler
+from voice_agent.audio.turn_end import combined_probability, text_complete_probability
 from voice_agent.config import Config
 from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
 from voice_agent.engines import Engines
@@ -215,6 +216,8 @@ class TurnRunner:
         )
         turn.mark("asr_ms")
         turn.transcript = transcript.text
+        if turn.speculation is not None:
+            turn.speculation.heard(transcript.text)
         await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=transcript.text,
                                              asr_ms=turn.timings["asr_ms"]))
         if not any(ch.isalnum() for ch in transcript.text):
@@ -247,6 +250,26 @@ class TurnRunner:
             timeout_s=self._config.asr.timeout_s, what="speech recognition",
         )
         return transcript.text
+
+    async def judge_turn_end(self, audio: Int16Array,
+                             speculation: Speculation | None = None) -> float:
+        """How likely the person has finished (``turn.endpoint = "smart"``): the end-of-turn
+        model on the sound, and, when the pause's speculative transcript comes in time, the
+        words' veto (``voice_agent.audio.turn_end.combined_probability``)."""
+        model = self._engines.turn_end
+        if model is None:
+            return 0.0
+        timeout_s = self._config.asr.timeout_s
+        sound = await call_in_thread(lambda: model.complete_probability(audio),
+                                     self._engines.turn_end_executor, timeout_s=timeout_s,
+                                     what="end-of-turn model")
+        if speculation is None:
+            return sound
+        try:
+            words = await asyncio.wait_for(asyncio.shield(speculation.transcript), timeout_s)
+        except TimeoutError:
+            return sound
+        return combined_probability(sound, text_complete_probability(words))
 
     async def _respond(self, turn: _Turn) -> None:
         """The model's answer, spoken as it is written."""

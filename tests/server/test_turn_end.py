@@ -30,16 +30,25 @@ pytestmark = pytest.mark.slow
 SEND_TIMEOUT_S = 1.0
 
 
-def turn_end_config(**server: object) -> Any:
+def turn_end_config(resume_window_ms: int = 0, **server: object) -> Any:
     # Fast senders are the point here: the too-fast input drop and the turn rate cap
-    # (tested on their own) would hide the orderings under test.
+    # (tested on their own) would hide the orderings under test. Resumed speech (which joins
+    # utterances whose reply was not heard yet: all of them, faster than real time) is off
+    # unless a test asks for it.
     return make_config(server={"host": "127.0.0.1", "port": 0, "send_timeout_s": SEND_TIMEOUT_S,
-                               "max_input_speed": 0, "turns_per_minute": 10_000, **server})
+                               "max_input_speed": 0, "turns_per_minute": 10_000, **server},
+                       turn={"resume_window_ms": resume_window_ms})
 
 
 @pytest.fixture
 async def fresh_server(engines: Engines) -> AsyncIterator[VoiceServer]:
     async with VoiceServer(engines, turn_end_config()) as running:
+        yield running
+
+
+@pytest.fixture
+async def resuming_server(engines: Engines) -> AsyncIterator[VoiceServer]:
+    async with VoiceServer(engines, turn_end_config(resume_window_ms=3000)) as running:
         yield running
 
 
@@ -92,7 +101,11 @@ async def collect_until_session_end(ws: ClientConnection, timeout: float) -> lis
 def check_one_turn_done_per_utterance(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(events) + 1)), "seq must be gap-free"
-    stopped = [e["turn_id"] for e in events if e["type"] == "speech_stopped"]
+    # Speech resumed before a reply could be heard continues its turn: one utterance, however
+    # many end-of-turn decisions it took (stream time runs ahead of the clock here, so no
+    # reply is ever heard before the next speech, and within turn.resume_window_ms the
+    # utterances join).
+    stopped = sorted({e["turn_id"] for e in events if e["type"] == "speech_stopped"})
     done = [e for e in events if e["type"] == "turn_done"]
     assert sorted(d["turn_id"] for d in done) == stopped, (stopped, done)
     for turn in done:  # nothing of a turn after its end
@@ -117,6 +130,25 @@ async def test_speech_faster_than_real_time_gets_one_turn_done_per_utterance(
     # Every turn but the last was overtaken by the next utterance: cancelled.
     assert done[-1]["status"] in ("ok", "empty")
     assert {d["status"] for d in done[:-1]} <= {"cancelled", "ok", "empty"}
+
+
+@pytest.mark.timeout(240)
+async def test_fast_speech_with_resumed_turns_still_ends_each_turn_once(
+    resuming_server: VoiceServer,
+) -> None:
+    audio = speech(6)
+    async with connect(url(resuming_server), max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+        await send_fast(ws, audio, chunk_s=0.5)
+        await ws.send(json.dumps({"type": "end"}))
+        events = await collect_until_session_end(ws, 180)
+    done = check_one_turn_done_per_utterance(events)
+    resumed = [e for e in events if e["type"] == "speech_resumed"]
+    assert resumed, "no reply can be heard before the next speech: the turns join"
+    assert len(done) < 6
+    # The turns were asked about every utterance they joined: no words lost (six Harvard
+    # sentences of 6-8 words; a turn also ends at vad.max_utterance_s).
+    assert sum(len(d["transcript"].split()) for d in done) >= 6 * 5, done
 
 
 @pytest.mark.timeout(240)

@@ -192,7 +192,7 @@ class Connection:
             input_rate=start.sample_rate,
             turn_gate=lambda: turns.allow(clock()),
             turn_config=config.turn,
-            turn_end=self.engines.turn_end,
+            judge_pauses=self.engines.turn_end is not None,
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(session, runner, self, self._close,
