@@ -7,9 +7,10 @@ in-process server, one fresh session per item:
 - *complete*: the Harvard sentences and the neutral emotion clips as spoken, then silence:
   voice-to-voice (last speech sample sent → first reply audio received);
 - *paused*: each Harvard sentence with a thinking pause of 0.3, 0.5, 0.7, 1.0 and 1.5 s
-  inserted at the word gap nearest its middle. The gap comes from Whisper's word timings,
+  inserted at a word gap near its middle. The gap comes from Whisper's word timings,
   snapped to the quietest 10 ms within ``SNAP_MS`` of Whisper's boundary (tiny.en's
-  timings are about ±0.1 s off, and it runs words together);
+  timings are about ±0.1 s off); people run words together ("have all"), so the gap
+  nearest the middle that dips ``GAP_DB`` below the loudest 10 ms is taken (``pause_point``);
 - *narration*: the 52 s narration streamed whole, as one person talking: a reply is fine
   at a sentence end (each has a pause of 0.8–1.3 s), a turn that ends at a word gap inside
   a sentence (by Whisper's word timings and the reference's punctuation) is a cut-off.
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from websockets.asyncio.client import connect
 
 from voice_agent.asr import Transcriber, Word
@@ -76,7 +78,10 @@ PAUSES_S = (0.3, 0.5, 0.7, 1.0, 1.5)
 QUICK_PAUSES_S = (0.5, 1.0)
 CUTOFF_TARGET_PAUSE_S = 1.0
 """False cut-offs are judged over the pauses up to this long (issue 8: ≤ 5% of them)."""
-SNAP_MS = 80
+SNAP_MS = 100
+MIN_WORD_S = 0.05
+GAP_DB = 25.0
+"""A word gap dips at least this far below the clip's loudest 10 ms."""
 FADE_MS = 5
 MIN_TRAILING_S = 1.0
 """Silence sent after the utterance at least, even once every turn has ended."""
@@ -134,24 +139,35 @@ def heard_words(reference: str, words: Sequence[Word]) -> list[Word]:
     return kept
 
 
+def _level_db(x: npt.NDArray[np.float64], start: int, window: int) -> float:
+    return float(10 * np.log10(np.mean(np.square(x[start : start + window])) + 1e-12))
+
+
 def pause_point(samples: Int16Array, words: Sequence[Word]) -> tuple[int, int]:
-    """(sample index, index of the word before it): the word gap nearest the middle of the
-    speech, snapped to the quietest 10 ms within ``SNAP_MS`` of Whisper's boundary."""
+    """(sample index, index of the word before it): a word gap near the middle of the
+    speech, at the quietest 10 ms within ``SNAP_MS`` of Whisper's boundary.
+
+    Words are often run together ("have all"), so of the gaps in the middle half of the
+    speech the nearest to the middle that really dips ``GAP_DB`` below the loudest 10 ms is
+    taken; when none does, the quietest."""
     if len(words) < 2:
         raise ValueError("a pause needs two words")
-    middle = (words[0].start_s + words[-1].end_s) / 2
-    left = min(range(len(words) - 1),
-               key=lambda i: abs((words[i].end_s + words[i + 1].start_s) / 2 - middle))
-    boundary = (words[left].end_s + words[left + 1].start_s) / 2
     window, hop = RATE // 100, RATE // 400
-    low = max(0, int((boundary - SNAP_MS / 1000) * RATE))
-    high = min(samples.size - window, int((boundary + SNAP_MS / 1000) * RATE))
-    if high <= low:
-        return int(boundary * RATE), left
-    x = samples.astype(np.float64)
-    starts = range(low, high + 1, hop)
-    quietest = min(starts, key=lambda s: float(np.mean(np.square(x[s : s + window]))))
-    return quietest + window // 2, left
+    x = samples.astype(np.float64) / 32768.0
+    loudest = max(_level_db(x, s, window) for s in range(0, max(1, x.size - window), window))
+    first, last = words[0].start_s, words[-1].end_s
+    middle, span = (first + last) / 2, last - first
+    candidates = []
+    for i in range(len(words) - 1):
+        boundary = (words[i].end_s + words[i + 1].start_s) / 2
+        low = max(0, int((boundary - SNAP_MS / 1000) * RATE))
+        high = max(low, min(x.size - window, int((boundary + SNAP_MS / 1000) * RATE)))
+        level, at = min((_level_db(x, s, window), s) for s in range(low, high + 1, hop))
+        candidates.append((abs(boundary - middle), level, at + window // 2, i))
+    central = [c for c in candidates if c[0] <= span / 4] or candidates
+    quiet = [c for c in central if c[1] <= loudest - GAP_DB]
+    _, _, at, left = min(quiet) if quiet else min(central, key=lambda c: c[1])
+    return at, left
 
 
 def insert_pause(samples: Int16Array, at: int, pause_s: float) -> Int16Array:
@@ -225,13 +241,16 @@ def build_set(asr: Transcriber, audio_dir: Path, *, quick: bool = False) -> list
     items: list[Item] = []
     for source in [*harvard, *neutral]:
         samples, _ = read_audio(source.path, rate=RATE)
-        words = heard_words(source.reference, asr.transcribe(samples).words)
+        heard = asr.transcribe(samples).words
         name = f"{source.path.parent.name}/{source.path.stem}"
-        complete = _complete(name, samples, words)
+        complete = _complete(name, samples, heard_words(source.reference, heard))
         items.append(complete)
-        if source not in harvard or len(words) < 2:
+        # Whisper's words place the pause, also where it misheard them; a word with no
+        # duration is a hallucination ("Thank you for watching" in the padding).
+        spoken = [w for w in heard if w.end_s - w.start_s >= MIN_WORD_S]
+        if source not in harvard or len(spoken) < 2:
             continue
-        at, _ = pause_point(samples, words)
+        at, _ = pause_point(samples, spoken)
         for pause in pauses:
             paused = insert_pause(samples, at, pause)
             items.append(Item(f"{name}+{pause:.1f}s", "paused", paused,
