@@ -137,6 +137,13 @@ class AsrConfig:
     Whisper's 30 s (3x faster on CPU, same accuracy in our measurement); 0 disables."""
     timeout_s: float = 15.0
     """A transcription that takes longer fails the turn with ``engine_timeout``."""
+    max_repeats: int = 4
+    """Repetition-loop guard: a word or token n-gram (up to 4 long) said more times than this
+    back to back marks the decode as a Whisper loop ("5 5 5 5 5 5 …"); it is decoded again
+    with faster-whisper's own ``transcribe()`` (30 s window, temperature fallback)."""
+    compression_ratio_threshold: float = 2.4
+    """Repetition-loop guard: text that zlib compresses better than this is a loop (the
+    threshold openai-whisper and faster-whisper use)."""
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cuda", "cpu"), "asr.device must be auto|cuda|cpu")
@@ -145,6 +152,9 @@ class AsrConfig:
         _check(self.window_s == 0 or 5.0 <= self.window_s <= 30.0,
                "asr.window_s must be 0 (off) or 5..30")
         _check(self.timeout_s > 0, "asr.timeout_s must be > 0")
+        _check(2 <= self.max_repeats <= 20, "asr.max_repeats must be 2..20")
+        _check(1.0 <= self.compression_ratio_threshold <= 10.0,
+               "asr.compression_ratio_threshold must be 1..10")
 
 
 @dataclass
