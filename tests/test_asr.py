@@ -4,6 +4,7 @@ faster-whisper (the public ``transcribe()`` on the same model)."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import speech_clips
 from voice_agent.asr import WhisperAsr
 from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
+from voice_agent.bench import bare_transcripts
 from voice_agent.engines import Engines
 from voice_agent.repetition import longest_repeat_run
 from voice_agent.wer import normalize, pooled_word_error_rate
@@ -61,3 +63,16 @@ def test_at_least_as_good_as_bare_faster_whisper(engines: Engines) -> None:
         bare.append((clip.reference, asr.reference_transcribe(audio).text))
     ours_wer, bare_wer = pooled_word_error_rate(ours), pooled_word_error_rate(bare)
     assert ours_wer <= bare_wer + 0.005, (ours_wer, bare_wer)
+
+
+@pytest.mark.timeout(120)
+def test_bench_rows_get_bare_faster_whisper_beside_the_server_transcript(
+    engines: Engines,
+) -> None:
+    clips = speech_clips()[:2]
+    rows: list[dict[str, Any]] = [{"transcript": "x"} for _ in clips]
+    bare_transcripts(engines, clips, rows)
+    for clip, row in zip(clips, rows, strict=True):
+        assert row["bare_transcript"] == whisper(engines).reference_transcribe(
+            read_audio(clip.path)[0]).text
+        assert normalize(row["bare_transcript"])

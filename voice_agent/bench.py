@@ -33,7 +33,7 @@ from typing import Any
 from voice_agent.audio.pcm import read_audio
 from voice_agent.client import stream_samples
 from voice_agent.config import Config, describe
-from voice_agent.engines import load_engines
+from voice_agent.engines import Engines, load_engines
 from voice_agent.server.ws import VoiceServer
 from voice_agent.wer import pooled_word_error_rate
 
@@ -155,6 +155,19 @@ async def _bench_clip(clip: Clip, url: str) -> dict[str, Any]:
     }
 
 
+def bare_transcripts(engines: Engines, clips: list[Clip], rows: list[dict[str, Any]]) -> None:
+    """Add each clip's transcript by bare faster-whisper (the public ``transcribe()``,
+    greedy, on the raw clip, the same loaded model) to its row, as ``bare_transcript``: the
+    yardstick for the server path's WER on the same clips."""
+    from voice_agent.asr import WhisperAsr
+
+    if not isinstance(engines.asr, WhisperAsr):
+        return
+    for clip, row in zip(clips, rows, strict=True):
+        audio, _ = read_audio(clip.path)
+        row["bare_transcript"] = engines.asr.reference_transcribe(audio).text
+
+
 async def run_bench(config: Config, *, json_path: str | None = None,
                     limit: int | None = None, concurrency: int = 1) -> int:
     """Stream the clips ``concurrency`` at a time (1: one conversation at a time)."""
@@ -185,14 +198,20 @@ async def run_bench(config: Config, *, json_path: str | None = None,
                           f"TTFW {row.get('first_audio_ms', '-')} ms, "
                           f"v2v {row['voice_to_voice_ms']} ms, heard {row['transcript']!r}",
                           file=sys.stderr, flush=True)
+        bare_transcripts(engines, clips, rows)
     finally:
         engines.close()
     summary = summarize(rows)
     current, peak = rss_mb()
     wer = pooled_word_error_rate((r["reference"], r["transcript"]) for r in rows)
+    bare = [r for r in rows if "bare_transcript" in r]
+    bare_wer = pooled_word_error_rate((r["reference"], r["bare_transcript"]) for r in bare)
     print(format_table(summary))
     answered = collections.Counter(r["engine"] or "none" for r in rows)
     print("answered by: " + ", ".join(f"{name} {count}" for name, count in answered.items()))
+    if bare:
+        print(f"WER on these clips: server path {wer:.1%}, bare faster-whisper {bare_wer:.1%} "
+              "(public transcribe(), greedy, same model, raw clip)")
     print(f"\nclips {len(rows)} ({concurrency} at a time), pooled WER {wer:.1%}, "
           f"model load {load_s:.1f} s, RSS {current:.0f} MB (peak {peak:.0f} MB)")
     if json_path:
@@ -200,6 +219,7 @@ async def run_bench(config: Config, *, json_path: str | None = None,
             "summary_ms": summary,
             "clips": rows,
             "pooled_wer": round(wer, 4),
+            "pooled_wer_bare_faster_whisper": round(bare_wer, 4) if bare else None,
             "concurrency": concurrency,
             "model_load_s": round(load_s, 2),
             "rss_mb": current,
