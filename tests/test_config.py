@@ -166,6 +166,8 @@ def test_numbers_written_as_strings_or_whole_floats_are_coerced(tmp_path: Path) 
         ("asr", "device", "tpu"),
         ("asr", "window_s", "3"),
         ("tts", "length_scale", "5"),
+        ("tts", "first_chunk_min_words", "0"),
+        ("tts", "first_chunk_max_words", "2"),
         ("server", "port", "65536"),
         ("server", "max_sessions", "0"),
     ],
@@ -182,6 +184,8 @@ def test_out_of_range_values_are_rejected(section: str, key: str, value: str) ->
         ("vad", "end_silence_ms", "5000"),
         ("asr", "window_s", "0"),
         ("asr", "window_s", "30"),
+        ("tts", "first_chunk_max_words", "0"),
+        ("tts", "first_chunk_max_words", "3"),
         ("server", "port", "65535"),
     ],
 )

@@ -286,8 +286,23 @@ class TtsConfig:
     """Piper speaking-rate factor (>1 is slower)."""
     timeout_s: float = 10.0
     """One sentence that takes longer to synthesize fails the turn."""
+    stream: bool = True
+    """Stream each sentence as Piper's decoder makes it (the voice graph split at the
+    decoder: first audio after ~20% of the sentence's synthesis time) instead of whole
+    sentences. A voice whose graph cannot be split is spoken whole either way."""
+    first_chunk_min_words: int = 3
+    """The fewest words in a reply's first chunk when it is cut before its sentence ends
+    (at a clause break, or at a word boundary with no punctuation)."""
+    first_chunk_max_words: int = 6
+    """With no punctuation, a reply's first chunk is cut at a word boundary by this many
+    words (earlier before a conjunction or preposition), so speech starts without waiting
+    for the sentence's end. 0: only at punctuation."""
 
     def validate(self) -> None:
+        _check(1 <= self.first_chunk_min_words <= 20, "tts.first_chunk_min_words must be 1..20")
+        _check(self.first_chunk_max_words == 0
+               or self.first_chunk_min_words <= self.first_chunk_max_words <= 40,
+               "tts.first_chunk_max_words must be 0 or first_chunk_min_words..40")
         _check(0.3 <= self.length_scale <= 3.0, "tts.length_scale must be 0.3..3")
         _check(self.timeout_s > 0, "tts.timeout_s must be > 0")
 
