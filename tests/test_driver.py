@@ -86,7 +86,7 @@ class PacedRunner:
                 await out.event(ReplyText(turn_id=turn_id, delta="hi"))
                 await out.audio(b"\x00\x00" * 160)
             if speculation is not None:
-                await speculation.committed.wait()
+                await speculation.decided()
         except asyncio.CancelledError:
             status = "cancelled"
         except ClientGone:

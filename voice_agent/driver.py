@@ -192,7 +192,7 @@ class SessionDriver:
             return
         running.abandoned = True
         if running.speculation is not None:
-            running.speculation.abandoned = True
+            running.speculation.abandon()
             self._discarded[turn_id] = (self._discarded.get(turn_id, 0)
                                         + running.speculation.llm_runs)
         if running.runner is not None:
@@ -242,7 +242,8 @@ class SessionDriver:
         done: TurnDone | None = None
         out = running.out or self._out
         try:
-            if running.cancel_reason is None and not self._output_failed:
+            if (running.cancel_reason is None and not running.abandoned
+                    and not self._output_failed):
                 running.runner = asyncio.create_task(self.runner.run(
                     turn_id, action.audio, action.endpoint_wait_ms, out,
                     speculation=running.speculation))

@@ -30,6 +30,7 @@ class HeldOutput:
         """Held items and passed-through ones go out in order, never interleaved."""
         self._released = asyncio.Event()
         self._releasing = False
+        self._discarded = False
 
     @property
     def released(self) -> bool:
@@ -45,6 +46,8 @@ class HeldOutput:
     async def audio(self, pcm: bytes) -> None:
         while True:
             async with self._lock:
+                if self._discarded:
+                    raise asyncio.CancelledError  # thrown away: its writer must stop
                 if self.released:
                     await self._out.audio(pcm)
                     return
@@ -53,6 +56,12 @@ class HeldOutput:
                     self._held_bytes += len(pcm)
                     return
             await self._released.wait()
+
+    def discard(self) -> None:
+        """Throw everything held away; a writer waiting for room stops (cancelled)."""
+        self._discarded = True
+        self._items, self._held_bytes = [], 0
+        self._released.set()  # wakes a writer waiting for room, which then stops
 
     def mark(self) -> int:
         """A point to :meth:`rollback` to."""
@@ -99,6 +108,7 @@ class Speculation:
     def __init__(self, out: TurnOutput, *, max_held_bytes: int = MAX_HELD_BYTES) -> None:
         self.out = HeldOutput(out, max_held_bytes=max_held_bytes)
         self.committed = asyncio.Event()
+        self._decided = asyncio.Event()
         self.preempted = False
         """The model was taken from it by a committed turn; the turn re-asks once committed."""
         self.abandoned = False
@@ -120,6 +130,19 @@ class Speculation:
     def speculative(self) -> bool:
         return not self.committed.is_set()
 
+    def abandon(self) -> None:
+        """Thrown away: the held output is dropped and a run waiting to be decided stops."""
+        self.abandoned = True
+        self.out.discard()
+        self._decided.set()
+
+    async def decided(self) -> None:
+        """Wait until the turn is committed; raises CancelledError if it is abandoned
+        instead (a run whose cancellation was lost must not wait forever)."""
+        await self._decided.wait()
+        if self.abandoned:
+            raise asyncio.CancelledError
+
     def try_preempt(self) -> bool:
         if self.committed.is_set():
             return False
@@ -131,4 +154,5 @@ class Speculation:
         model was pre-empted and the turn must answer again first (it releases then)."""
         self.endpoint_wait_ms = endpoint_wait_ms
         self.committed.set()
+        self._decided.set()
         return not self.preempted

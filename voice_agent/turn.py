@@ -169,7 +169,7 @@ class TurnRunner:
         try:
             await self._run(turn, audio)
             if speculation is not None:
-                await speculation.committed.wait()
+                await speculation.decided()
                 turn.timings["speculated_ms"] = round(
                     (speculation.endpoint_wait_ms or endpoint_wait_ms) - endpoint_wait_ms, 1)
                 turn.timings["endpoint_wait_ms"] = float(speculation.endpoint_wait_ms
@@ -234,10 +234,12 @@ class TurnRunner:
         except Preempted:
             # A committed turn took the model: drop what was prepared, unheard, and answer
             # again once this turn is decided (the transcript and emotion tag still hold).
+            if speculation.abandoned:
+                raise asyncio.CancelledError from None
             speculation.out.rollback(before_reply)
             speculation.preempted_runs += 1
             turn.restart_reply()
-            await speculation.committed.wait()
+            await speculation.decided()
             speculation.preempted = False
             await speculation.out.release()
             await self._respond(turn)

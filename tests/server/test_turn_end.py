@@ -34,10 +34,11 @@ def turn_end_config(resume_window_ms: int = 0, **server: object) -> Any:
     # Fast senders are the point here: the too-fast input drop and the turn rate cap
     # (tested on their own) would hide the orderings under test. Resumed speech (which joins
     # utterances whose reply was not heard yet: all of them, faster than real time) is off
-    # unless a test asks for it.
+    # unless a test asks for it, and the fixed silence ends turns (the end-of-turn model
+    # answers in wall time, long after a fast sender's 0.7 s gap is over). Speculation is on.
     return make_config(server={"host": "127.0.0.1", "port": 0, "send_timeout_s": SEND_TIMEOUT_S,
                                "max_input_speed": 0, "turns_per_minute": 10_000, **server},
-                       turn={"resume_window_ms": resume_window_ms})
+                       turn={"resume_window_ms": resume_window_ms, "endpoint": "silence"})
 
 
 @pytest.fixture
