@@ -15,7 +15,7 @@ from tests.conftest import make_config
 from tests.fakes import ScriptedLlm
 from voice_agent.config import Config, LlmConfig
 from voice_agent.engines import Engines
-from voice_agent.errors import EngineError, EngineTimeout, Overloaded
+from voice_agent.errors import EngineError, EngineTimeout, Overloaded, Preempted
 from voice_agent.llm.base import ChatMessage
 from voice_agent.llm.chain import LlmChain
 from voice_agent.llm.scheduler import EngineLane, Priority
@@ -282,3 +282,96 @@ async def test_concurrent_turns_on_the_real_engine_never_time_out(engines: Engin
     assert max(t["llm_queue_ms"] for t in timings) > limit_s * 1000  # they really did wait
     assert all(t["llm_first_token_ms"] < limit_s * 1000 for t in timings)
     assert chain.status()[0]["state"] == "closed"
+
+
+# --- speculation (issue 8) ----------------------------------------------------------------
+
+
+class SpeculationFlag:
+    """The lane's side of :class:`voice_agent.speculation.Speculation`, settable by hand."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.preempted = False
+
+    @property
+    def speculative(self) -> bool:
+        return not self.committed
+
+    def try_preempt(self) -> bool:
+        if self.committed:
+            return False
+        self.preempted = True
+        return True
+
+
+async def consume(lane: EngineLane, text: str, *, speculation: SpeculationFlag | None = None
+                  ) -> str:
+    pieces = lane.stream([ChatMessage("user", text)], speculation=speculation,
+                         priority=Priority.SPECULATIVE if speculation else Priority.TURN)
+    return await answer(pieces)
+
+
+async def test_a_committed_turn_preempts_a_speculative_call_at_once() -> None:
+    engine = CountingLlm(["a"] * 200, delay_s=0.02)  # a 4 s reply
+    lane = EngineLane(engine, llm_config())  # type: ignore[arg-type]
+    flag = SpeculationFlag()
+    speculative = asyncio.create_task(consume(lane, "speculative", speculation=flag))
+    await until(lambda: engine.active == 1)
+    started = time.monotonic()
+    turn = asyncio.create_task(consume(lane, "turn"))
+    with pytest.raises(Preempted):
+        await speculative
+    assert flag.preempted
+    assert (await turn).startswith("a")
+    # The engine was handed over within a token or two, not at the end of the reply.
+    assert engine.order == ["speculative", "turn"]
+    assert time.monotonic() - started < 4.0 + 1.0
+    assert lane.busy == 0
+    lane.close()
+
+
+async def test_a_committed_speculation_is_not_preempted() -> None:
+    engine = CountingLlm(["a"] * 20, delay_s=0.01)
+    lane = EngineLane(engine, llm_config())  # type: ignore[arg-type]
+    flag = SpeculationFlag()
+    flag.committed = True  # the turn was decided while its answer was being written
+    first = asyncio.create_task(consume(lane, "first", speculation=flag))
+    await until(lambda: engine.active == 1)
+    second = asyncio.create_task(consume(lane, "second"))
+    assert await first == "a" * 20 and await second == "a" * 20
+    assert not flag.preempted and engine.order == ["first", "second"]
+    lane.close()
+
+
+async def test_speculation_waits_behind_turns_and_is_not_counted_as_a_waiting_turn() -> None:
+    engine = CountingLlm(["a"], delay_s=0.5)
+    lane = EngineLane(engine, llm_config())  # type: ignore[arg-type]
+    holder = asyncio.create_task(consume(lane, "holder"))
+    await until(lambda: engine.active == 1)
+    flag = SpeculationFlag()
+    speculative = asyncio.create_task(consume(lane, "speculative", speculation=flag))
+    await until(lambda: lane.waiting == 1)
+    assert lane.waiting_turns == 0  # brief_when_busy does not shorten a reply for it
+    turn = asyncio.create_task(consume(lane, "turn"))
+    await until(lambda: lane.waiting == 2)
+    assert lane.waiting_turns == 1
+    await asyncio.gather(holder, speculative, turn)
+    assert engine.order == ["holder", "turn", "speculative"]
+    lane.close()
+
+
+async def test_a_speculation_committed_while_waiting_queues_as_a_turn() -> None:
+    engine = CountingLlm(["a"], delay_s=0.5)
+    lane = EngineLane(engine, llm_config())  # type: ignore[arg-type]
+    holder = asyncio.create_task(consume(lane, "holder"))
+    await until(lambda: engine.active == 1)
+    flag = SpeculationFlag()
+    speculative = asyncio.create_task(consume(lane, "early", speculation=flag))
+    await until(lambda: lane.waiting == 1)
+    later = asyncio.create_task(consume(lane, "later"))
+    await until(lambda: lane.waiting == 2)
+    flag.committed = True  # now a turn like any other, and it came first
+    await asyncio.gather(holder, speculative, later)
+    assert engine.order == ["holder", "early", "later"]
+    lane.close()
