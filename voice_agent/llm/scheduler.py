@@ -82,8 +82,10 @@ class _Waiter:
     def rank(self) -> tuple[int, int]:
         """Served lowest first; read when the slot is handed on, so a speculation committed
         while it waited queues as the turn it has become."""
-        speculative = self.speculation is not None and self.speculation.speculative
-        return (Priority.SPECULATIVE if speculative else self.priority, self.seq)
+        if self.speculation is not None:
+            speculative = self.speculation.speculative
+            return (Priority.SPECULATIVE if speculative else Priority.TURN, self.seq)
+        return (self.priority, self.seq)
 
 
 @dataclass
