@@ -33,18 +33,21 @@ def test_windows_grow_and_carry_context() -> None:
     assert decode_windows(5, first=16, largest=40, context=10) == [Window(0, 5, 0, 5)]
 
 
-@pytest.mark.parametrize(("first", "largest", "context"), [(0, 8, 2), (8, 4, 2), (4, 8, -1)])
-def test_bad_window_settings_are_refused(first: int, largest: int, context: int) -> None:
+@pytest.mark.parametrize(("first", "largest", "context", "growth"),
+                         [(0, 8, 2, 2), (8, 4, 2, 2), (4, 8, -1, 2), (4, 8, 2, 0)])
+def test_bad_window_settings_are_refused(first: int, largest: int, context: int,
+                                         growth: int) -> None:
     with pytest.raises(ValueError, match="windows need"):
-        decode_windows(10, first=first, largest=largest, context=context)
+        decode_windows(10, first=first, largest=largest, context=context, growth=growth)
 
 
 @given(frames=st.integers(0, 3000), first=st.integers(1, 64), extra=st.integers(0, 300),
-       context=st.integers(0, 30))
+       context=st.integers(0, 30), growth=st.integers(1, 4))
 def test_windows_cover_every_frame_once_in_order(
-    frames: int, first: int, extra: int, context: int
+    frames: int, first: int, extra: int, context: int, growth: int
 ) -> None:
-    windows = decode_windows(frames, first=first, largest=first + extra, context=context)
+    windows = decode_windows(frames, first=first, largest=first + extra, context=context,
+                             growth=growth)
     kept = [frame for w in windows for frame in range(w.keep_from, w.keep_to)]
     assert kept == list(range(frames))
     for w in windows:

@@ -38,19 +38,20 @@ class Window:
     keep_to: int
 
 
-def decode_windows(frames: int, *, first: int, largest: int, context: int) -> list[Window]:
+def decode_windows(frames: int, *, first: int, largest: int, context: int,
+                   growth: int = 2) -> list[Window]:
     """Cover ``frames`` frames with windows, each kept part ``first`` frames for the first
-    and doubling up to ``largest``, with ``context`` frames of context on each side (clipped
-    at the ends, where the whole decode pads with zeros too). Kept parts are in order, do not
-    overlap and cover every frame once."""
-    if first < 1 or largest < first or context < 0:
-        raise ValueError("windows need 1 <= first <= largest and context >= 0")
+    and ``growth`` times the one before up to ``largest``, with ``context`` frames of context
+    on each side (clipped at the ends, where the whole decode pads with zeros too). Kept
+    parts are in order, do not overlap and cover every frame once."""
+    if first < 1 or largest < first or context < 0 or growth < 1:
+        raise ValueError("windows need 1 <= first <= largest, context >= 0, growth >= 1")
     windows: list[Window] = []
     start, size = 0, first
     while start < frames:
         end = min(frames, start + size)
         windows.append(Window(max(0, start - context), min(frames, end + context), start, end))
-        start, size = end, min(largest, size * 2)
+        start, size = end, min(largest, size * growth)
     return windows
 
 
