@@ -77,10 +77,15 @@ async def test_a_mid_sentence_pause_gives_one_turn_with_every_word(
     url: str, paused_items: list[Item]
 ) -> None:
     for item in paused_items:
-        row = score_item(item, await stream_item(item, url))
+        log = await stream_item(item, url)
+        row = score_item(item, log)
         assert row["statuses"] == ["ok"], row
         assert not row["lost_words"], row
         assert not row["errors"], row
+        # While the person spoke, what was heard so far was streamed (transcript_partial).
+        partials = [e["text"] for e in log.events if e["type"] == "transcript_partial"
+                    and e["sent_ms"] <= item.speech_end_ms]
+        assert partials and all(isinstance(p, str) and p for p in partials), partials
 
 
 @pytest.mark.timeout(120)
