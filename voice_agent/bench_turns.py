@@ -79,7 +79,9 @@ QUICK_PAUSES_S = (0.5, 1.0)
 CUTOFF_TARGET_PAUSE_S = 1.0
 """False cut-offs are judged over the pauses up to this long (issue 8: ≤ 5% of them)."""
 SNAP_MS = 100
+"""How far from Whisper's word boundary the quietest 10 ms is looked for."""
 MIN_WORD_S = 0.05
+"""Whisper words shorter than this are hallucinations in the padding, not speech."""
 GAP_DB = 25.0
 """A word gap dips at least this far below the clip's loudest 10 ms."""
 FADE_MS = 5
@@ -89,7 +91,7 @@ ITEM_TIMEOUT_S = 60.0
 """Silence sent after the utterance at most, waiting for its turns to end."""
 NARRATION = "narration/asr-reference.wav"
 NEUTRAL_EMOTION = "emotion/03-01-01-01-0?-01-*.flac"
-"""RAVDESS neutral clips, first repetition: "Kids/Dogs are sitting by the door"."""
+"""RAVDESS neutral clips, first repetition ("Kids are talking…", "Dogs are sitting…")."""
 NEUTRAL_REFERENCES = {"01": "Kids are talking by the door.", "02": "Dogs are sitting by the door."}
 SENTENCE_END = (".", "?", "!")
 
