@@ -19,7 +19,7 @@ from voice_agent.engines import Engines
 from voice_agent.llm.base import LlmEngine
 from voice_agent.llm.chain import LlmChain
 from voice_agent.llm.openai_http import OpenAiHttpEngine
-from voice_agent.server.protocol import ReplyText, TurnDone
+from voice_agent.server.protocol import ReplyText, ServerEvent, TurnDone
 from voice_agent.turn import TurnRunner
 from voice_agent.wer import normalize
 
@@ -214,3 +214,36 @@ async def test_a_busy_primary_is_skipped_as_overloaded_without_opening_its_break
     done, _, _ = await answer(run, utterance)
     assert done.engine == "primary" and done.fallbacks == {}
     chain.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_slow_model_without_punctuation_is_spoken_from_its_first_words(
+    engines: Engines, utterance: Int16Array
+) -> None:
+    # Four words, then nothing for a while: a slow engine (R1 over a network) mid-clause.
+    # The chunker's word rule wants more words or a boundary; the turn's clock cuts the
+    # first chunk from what was written so far (turn.FIRST_CHUNK_WAIT_S).
+    slow = ScriptedLlm(["Well", " the", " museum", " opens", " every", " morning"] + [""] * 12
+                       + [" at nine."], delay_s=0.12, name="slow")
+    run = runner(engines, slow)
+    out = FirstReplyClock()
+    started = time.perf_counter()
+    done = await run.run(1, utterance, 450, out)
+    assert done.status == "ok" and done.engine == "slow", done
+    first = next(e.delta for e in out.events if isinstance(e, ReplyText))
+    assert first.split()[:2] == ["Well", "the"] and not first.rstrip().endswith("nine."), first
+    assert done.reply_text.endswith("at nine."), done.reply_text
+    # Without the clock no boundary shows before " at" (19 pieces, 2.3 s into the answer).
+    assert out.first_reply_at is not None
+    assert out.first_reply_at - started < done.timings_ms["asr_ms"] / 1000 + 2.0
+
+
+class FirstReplyClock(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_reply_at: float | None = None
+
+    async def event(self, event: ServerEvent) -> None:
+        if isinstance(event, ReplyText) and self.first_reply_at is None:
+            self.first_reply_at = time.perf_counter()
+        await super().event(event)

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 AUDIO_FRAME_MS = 200
 """Reply PCM is sent in binary frames of at most this length."""
 SENTENCE_QUEUE = 8
+FIRST_CHUNK_WAIT_S = 0.5
+"""A model still short of a first chunk this long after its answer began (a slow engine,
+R1 over HTTP) has the words it wrote so far spoken as the first chunk."""
 
 
 @dataclass
@@ -87,11 +90,11 @@ class _Turn:
     speculation: Speculation | None = None
     """Set while the turn runs before it is decided (its output is then held)."""
 
-    def restart_reply(self) -> None:
+    def restart_reply(self, chunker: SentenceChunker) -> None:
         """Forget a reply that was prepared and thrown away unheard (pre-empted speculation),
         so the turn can answer again from its transcript."""
         self.sentences = asyncio.Queue(SENTENCE_QUEUE)
-        self.chunker = SentenceChunker()
+        self.chunker = chunker
         self.reply, self.spoken = [], []
         self.audio_samples, self.answer_sentences = 0, 0
         self.answer_started = self.answer_at_sentence_end = self.reply_full = False
@@ -163,7 +166,8 @@ class TurnRunner:
         With ``speculation`` the turn starts before it is decided: its output goes to the
         speculation's held output, and the run ends only once the turn is committed (it is
         cancelled if it never is)."""
-        turn = _Turn(turn_id, speculation.out if speculation else out, speculation=speculation)
+        turn = _Turn(turn_id, speculation.out if speculation else out, speculation=speculation,
+                     chunker=self._chunker())
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
         try:
@@ -238,11 +242,16 @@ class TurnRunner:
                 raise asyncio.CancelledError from None
             speculation.out.rollback(before_reply)
             speculation.preempted_runs += 1
-            turn.restart_reply()
+            turn.restart_reply(self._chunker())
             await speculation.decided()
             speculation.preempted = False
             await speculation.out.release()
             await self._respond(turn)
+
+    def _chunker(self) -> SentenceChunker:
+        tts = self._config.tts
+        return SentenceChunker(first_chunk_min_words=tts.first_chunk_min_words,
+                               first_chunk_max_words=tts.first_chunk_max_words)
 
     async def partial_transcript(self, audio: Int16Array) -> str:
         """What is heard so far in an open utterance (``transcript_partial``)."""
@@ -363,6 +372,7 @@ class TurnRunner:
         echo = SpanFilter(ECHO_MARKERS, inside=ECHO_INSIDE)
         started = time.perf_counter()
         reasoning_pieces = answer_pieces = 0
+        answer_began = 0.0
         acknowledged = cut = False
         # Through the engine's queue: llm_queue_ms, then llm_first_token_ms from its start.
         speculation = turn.speculation
@@ -396,6 +406,11 @@ class TurnRunner:
                 await self._speakable(turn, echo.feed(filtered.speech))
                 if filtered.speech:
                     answer_pieces += 1
+                    answer_began = answer_began or time.perf_counter()
+                if (answer_began and turn.chunker.first_pending
+                        and time.perf_counter() - answer_began >= FIRST_CHUNK_WAIT_S):
+                    for sentence in turn.chunker.force_first():  # a slow model
+                        await turn.queue_answer(sentence)
                 if (turn.reply_full or answer_pieces >= config.max_tokens
                         or self._others_waiting(engine, turn)):
                     cut = True  # leaving the loop closes the stream: the engine stops
