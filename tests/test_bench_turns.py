@@ -19,6 +19,7 @@ from voice_agent.bench_turns import (
     Boundary,
     Item,
     ItemLog,
+    _all_ended,
     baseline_config,
     build_set,
     format_table,
@@ -271,3 +272,16 @@ def test_baseline_is_todays_fixed_silence_and_leaves_the_config_alone() -> None:
         "silence", False, 0)
     assert base.vad.end_silence_ms == config.vad.end_silence_ms
     assert config.turn.endpoint == "smart" and config.turn.speculate
+
+
+def test_a_turn_that_never_ends_is_reported_not_waited_for() -> None:
+    """Seen on a real clip: a turn started, a second one started and ended, the first never
+    got its turn_done. The item is over (not a 60 s wait) and the fault is counted."""
+    log = _log((520, "speech_started", {"turn_id": 1}), (1160, "speech_started", {"turn_id": 2}),
+               (4020, "turn_done", _done(2, "ok", "The child almost hurt the small dog.")))
+    assert _all_ended(log.events, 3500.0)
+    assert not _all_ended(log.events[:2], 3500.0)
+    assert not _all_ended(log.events, 4500.0)  # the utterance is not over yet
+    assert score_item(_item(), log)["unended_turns"] == [1]
+    log.events.append({"type": "speech_started", "turn_id": 3, "sent_ms": 4100, "t": 4.1})
+    assert not _all_ended(log.events, 3500.0)  # a later turn is still open

@@ -284,10 +284,20 @@ class ItemLog:
 
 
 def _all_ended(events: Sequence[dict[str, Any]], speech_end_ms: float) -> bool:
-    started = {e["turn_id"] for e in events if e["type"] == "speech_started"}
+    """A turn ended after the utterance, and no turn is open. A turn started before a later
+    turn that ended never gets its ``turn_done`` (a server fault, counted as
+    ``unended_turns``): it is not waited for."""
     done = [e for e in events if e["type"] == "turn_done"]
-    return (bool(done) and started <= {e["turn_id"] for e in done}
-            and done[-1]["sent_ms"] >= speech_end_ms)
+    if not done or done[-1]["sent_ms"] < speech_end_ms:
+        return False
+    last = max(e["turn_id"] for e in done)
+    return not [t for t in _unended(events) if t > last]
+
+
+def _unended(events: Sequence[dict[str, Any]]) -> list[int]:
+    """Turns that started and have no ``turn_done`` (every turn must end with one)."""
+    started = {e["turn_id"] for e in events if e["type"] == "speech_started"}
+    return sorted(started - {e["turn_id"] for e in events if e["type"] == "turn_done"})
 
 
 async def stream_item(item: Item, url: str) -> ItemLog:
@@ -457,6 +467,7 @@ def score_item(item: Item, log: ItemLog) -> dict[str, Any]:
         "answered": final.done is not None and final.done["status"] == "ok",
         "errors": [e["code"] for e in events if e["type"] == "error"],
         "timed_out": log.timed_out,
+        "unended_turns": _unended(events),
     }
     if item.kind == "narration":
         at_end, at_last, inside = _narration_split(item, turns)
@@ -507,6 +518,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "unanswered": [r["item"] for r in rows if not r["answered"] and r["kind"] != "narration"],
         "errors": sorted({c for r in rows for c in r["errors"]}),
         "timed_out": [r["item"] for r in rows if r["timed_out"]],
+        "unended_turns": [r["item"] for r in rows if r.get("unended_turns")],
     }
 
 
@@ -624,7 +636,8 @@ async def run_turns_bench(config: Config, *, quick: bool = False,
     summaries = {key: summarize(rows) for key, rows in results.items()}
     print(format_table(labels, summaries["baseline"], summaries["new"]))
     for key, summary in summaries.items():
-        trouble = {k: summary[k] for k in ("unanswered", "errors", "timed_out") if summary[k]}
+        trouble = {k: summary[k] for k in ("unanswered", "errors", "timed_out", "unended_turns")
+                   if summary[k]}
         if trouble:
             print(f"{key}: {json.dumps(trouble)}")
     if json_path:
@@ -634,5 +647,6 @@ async def run_turns_bench(config: Config, *, quick: bool = False,
             "config": {key: describe(c) for key, c in runs.items()},
         }, indent=2, ensure_ascii=False))
         print(f"wrote {json_path}", file=sys.stderr)
-    failed = any(s["unanswered"] or s["timed_out"] for s in summaries.values())
+    failed = any(s["unanswered"] or s["timed_out"] or s["unended_turns"]
+                 for s in summaries.values())
     return 1 if failed else 0
