@@ -11,7 +11,7 @@ from voice_agent.audio.frontend import PassthroughFrontend
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.config import VadConfig
 from voice_agent.errors import AudioFormatError
-from voice_agent.server.protocol import SpeechStarted, SpeechStopped
+from voice_agent.server.protocol import SpeechStarted, SpeechStopped, TurnDone
 from voice_agent.session import (
     Action,
     CancelTurn,
@@ -120,10 +120,12 @@ def test_short_click_does_not_start_a_turn() -> None:
     assert session.state is State.LISTENING
 
 
-def test_too_short_speech_returns_to_listening() -> None:
+def test_too_short_speech_returns_to_listening_and_ends_its_turn_empty() -> None:
     session = make_session()
     actions = feed(session, silence(200) + tone(100) + silence(600))
-    assert [type(e) for e in events(actions)] == [SpeechStarted]
+    assert [type(e) for e in events(actions)] == [SpeechStarted, TurnDone]
+    done = events(actions)[1]
+    assert isinstance(done, TurnDone) and (done.turn_id, done.status) == (1, "empty")
     assert session.state is State.LISTENING
     assert session.active_turn is None
 

@@ -260,7 +260,7 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
             elif isinstance(action, Close):
                 closed = True
             elif isinstance(action, Transcribe):
-                assert action.turn_id == current and session.state is State.USER_SPEAKING
+                assert action.turn_id == current and live is None  # while speaking only
         assert all(n <= 1 for n in runs.values()), runs
         assert session.active_turn == live
 

@@ -218,3 +218,35 @@ async def test_r1_answer_is_capped_at_max_tokens_after_its_reasoning(
     assert (done.status, done.engine) == ("ok", r1.name)
     assert done.reply_text == "One. Two. Three."
     assert server.requests[0][2]["max_tokens"] == make_config().llm.reasoning_budget_tokens + 4
+
+
+@pytest.mark.parametrize("cancel_after", ["asr", "transcript"])
+async def test_a_turn_cancelled_before_its_reply_was_heard_leads_the_next_turn(
+    engines: Engines, cancel_after: str
+) -> None:
+    """The person went on talking before any reply went out (an utterance cut at its maximum
+    length, a decision the resume window could not undo): its words are not lost, they
+    lead the next turn's transcript and the model is asked about both."""
+    first, second = harvard_clips()[0], harvard_clips()[1]
+    llm = ScriptedLlm(["Fine."], delay_s=0.5)  # slow: the cancel lands before any audio
+    run = runner_with(engines, llm)
+    out = Recorder()
+    task = asyncio.create_task(run.run(1, read_audio(first.path)[0], 450, out))
+    if cancel_after == "asr":
+        await asyncio.sleep(0.02)  # the transcription has started, not finished
+    else:
+        while not [e for e in out.events if isinstance(e, TranscriptEvent)]:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    cancelled = await task
+    assert cancelled.status == "cancelled" and cancelled.audio_samples == 0
+    done = await run.run(2, read_audio(second.path)[0], 450, Recorder())
+    assert done.status == "ok", done
+    first_words, second_words = first.reference.split(), second.reference.split()
+    heard = done.transcript.lower()
+    assert first_words[1].lower() in heard.split()[: len(first_words) + 2], heard
+    assert second_words[-1].lower().strip(".") in heard, heard
+    assert first_words[1].lower() in llm.prompts[-1][-1].content.lower()
+    # Carried once: a third turn starts afresh.
+    third = await run.run(3, read_audio(second.path)[0], 450, Recorder())
+    assert first_words[1].lower() not in third.transcript.lower().split()[:3], third

@@ -165,9 +165,9 @@ class SessionDriver:
             return
         turn_id = action.turn_id
         out = _Audible(self._out, lambda: self.session.reply_audible(turn_id))
-        running = _Running(out=out)
-        if isinstance(action, Speculate):
-            running.speculation = Speculation(out)
+        # A decided turn gets one too (holding nothing): it may still be abandoned unheard.
+        running = _Running(out=out, speculation=Speculation(
+            out, decided=not isinstance(action, Speculate)))
         self._turns[action.turn_id] = running
         self._idle.clear()
         running.task = asyncio.create_task(self._turn(action, running),
@@ -175,7 +175,7 @@ class SessionDriver:
 
     async def _commit(self, action: CommitTurn) -> None:
         running = self._turns.get(action.turn_id)
-        if running is None or running.speculation is None:
+        if running is None or running.speculation is None or running.speculation.committed.is_set():
             log.error("turn %d committed without a speculation; ignored", action.turn_id)
             return
         if running.speculation.commit(action.endpoint_wait_ms):

@@ -274,11 +274,13 @@ class Session:
             return self._stop_speculating()
         if isinstance(event, SpeechEnd):
             return self._on_end(event)
-        self._pause_at_ms = None  # SpeechDiscarded
+        # SpeechDiscarded: too short to be speech after all (a click, a cough). Its
+        # speech_started still gets its one turn_done, so a client never waits on it.
+        self._pause_at_ms = None
         actions = self._stop_speculating()
         if self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
-        return actions
+        return [*actions, Emit(TurnDone.unrun(self._turn_id, "empty"))]
 
     def _on_start(self, event: SpeechStart) -> list[Action]:
         actions: list[Action] = []

@@ -21,7 +21,8 @@ MAX_HELD_BYTES = 1 << 20
 class HeldOutput:
     """A :class:`TurnOutput` that keeps everything until :meth:`release`, then passes on."""
 
-    def __init__(self, out: TurnOutput, *, max_held_bytes: int = MAX_HELD_BYTES) -> None:
+    def __init__(self, out: TurnOutput, *, max_held_bytes: int = MAX_HELD_BYTES,
+                 released: bool = False) -> None:
         self._out = out
         self._max_held_bytes = max_held_bytes
         self._items: list[ServerEvent | bytes] = []
@@ -29,6 +30,8 @@ class HeldOutput:
         self._lock = asyncio.Lock()
         """Held items and passed-through ones go out in order, never interleaved."""
         self._released = asyncio.Event()
+        if released:
+            self._released.set()
         self._releasing = False
         self._discarded = False
 
@@ -102,11 +105,15 @@ class HeldOutput:
 class Speculation:
     """One speculative run of a turn: its held output and its commitment.
 
+    A turn decided before it started (``decided=True``: fixed silence, no speculation) holds
+    nothing, and can still be abandoned when the person resumes before hearing its reply.
+
     Implements what the LLM scheduler asks of speculative work
     (:class:`voice_agent.llm.scheduler.Speculation`)."""
 
-    def __init__(self, out: TurnOutput, *, max_held_bytes: int = MAX_HELD_BYTES) -> None:
-        self.out = HeldOutput(out, max_held_bytes=max_held_bytes)
+    def __init__(self, out: TurnOutput, *, max_held_bytes: int = MAX_HELD_BYTES,
+                 decided: bool = False) -> None:
+        self.out = HeldOutput(out, max_held_bytes=max_held_bytes, released=decided)
         self.committed = asyncio.Event()
         self._decided = asyncio.Event()
         self.preempted = False
@@ -120,6 +127,9 @@ class Speculation:
         self.endpoint_wait_ms: float | None = None
         """Silence from the last speech to the commit decision."""
         self.transcript: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if decided:
+            self.committed.set()
+            self._decided.set()
         """What the speculative ASR heard (the end-of-turn judgement reads its words)."""
 
     def heard(self, text: str) -> None:

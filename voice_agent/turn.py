@@ -8,6 +8,7 @@ being spoken while the model writes the next. Every turn ends in exactly one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -156,6 +157,11 @@ class TurnRunner:
         self.conversation = Conversation(system_prompt(config), config.llm.history_turns)
         self.emotion = EmotionTracker()
         """This speaker's baseline (loudness, pitch, rate), learned over the session."""
+        self._unanswered = ""
+        """What the person said in turns their own speech cancelled before any of the reply
+        went out: it leads the next turn's transcript, so no word is lost to the model
+        (an utterance cut at ``vad.max_utterance_s`` while they go on talking, a decision
+        the resume window could not undo)."""
 
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
@@ -174,10 +180,10 @@ class TurnRunner:
             await self._run(turn, audio)
             if speculation is not None:
                 await speculation.decided()
-                turn.timings["speculated_ms"] = round(
-                    (speculation.endpoint_wait_ms or endpoint_wait_ms) - endpoint_wait_ms, 1)
-                turn.timings["endpoint_wait_ms"] = float(speculation.endpoint_wait_ms
-                                                         or endpoint_wait_ms)
+                if speculation.endpoint_wait_ms is not None:  # it started before the decision
+                    turn.timings["speculated_ms"] = round(
+                        speculation.endpoint_wait_ms - endpoint_wait_ms, 1)
+                    turn.timings["endpoint_wait_ms"] = float(speculation.endpoint_wait_ms)
             if not turn.transcript:
                 status = "empty"
             elif turn.error is not None:
@@ -198,8 +204,11 @@ class TurnRunner:
             except Exception as send_exc:  # the output itself failed: the turn ends anyway
                 log.debug("turn %d: could not report its error: %r", turn_id, send_exc)
         abandoned = speculation is not None and speculation.abandoned
-        if turn.transcript and turn.answer_started and not abandoned:
-            self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
+        if turn.transcript and not abandoned:
+            if status == "cancelled" and not turn.audio_samples:
+                self._unanswered = turn.transcript  # never heard: carried into the next turn
+            elif turn.answer_started:
+                self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
         turn.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
@@ -213,18 +222,18 @@ class TurnRunner:
         )
 
     async def _run(self, turn: _Turn, audio: Int16Array) -> None:
-        engines, config = self._engines, self._config
-        transcript = await call_in_thread(
-            lambda: engines.asr.transcribe(audio), engines.asr_executor,
-            timeout_s=config.asr.timeout_s, what="speech recognition",
-        )
+        transcript = await self._transcribe(turn, audio)
         turn.mark("asr_ms")
-        turn.transcript = transcript.text
         if turn.speculation is not None:
             turn.speculation.heard(transcript.text)
-        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=transcript.text,
-                                             asr_ms=turn.timings["asr_ms"]))
         if not any(ch.isalnum() for ch in transcript.text):
+            transcript = Transcript("", transcript.language)
+        carried, self._unanswered = self._unanswered, ""
+        turn.transcript = f"{carried} {transcript.text}".strip()
+        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
+                                             asr_ms=turn.timings["asr_ms"]))
+        if not transcript.text:
+            self._unanswered = carried  # nothing new: still waiting for its answer
             turn.transcript = ""
             return
         turn.note = await self._hear_emotion(turn, audio, transcript)
@@ -252,6 +261,25 @@ class TurnRunner:
         tts = self._config.tts
         return SentenceChunker(first_chunk_min_words=tts.first_chunk_min_words,
                                first_chunk_max_words=tts.first_chunk_max_words)
+
+    async def _transcribe(self, turn: _Turn, audio: Int16Array) -> Transcript:
+        """The utterance's transcript. A turn cancelled while it is being made (the person
+        went on talking) still waits for it, so its words can lead the next turn."""
+        engines, config = self._engines, self._config
+        work = asyncio.ensure_future(call_in_thread(
+            lambda: engines.asr.transcribe(audio), engines.asr_executor,
+            timeout_s=config.asr.timeout_s, what="speech recognition",
+        ))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            speculation = turn.speculation
+            if speculation is None or not speculation.abandoned:  # abandoned: audio joins
+                with contextlib.suppress(Exception):
+                    heard = (await work).text
+                    if any(ch.isalnum() for ch in heard):
+                        self._unanswered = f"{self._unanswered} {heard}".strip()
+            raise
 
     async def partial_transcript(self, audio: Int16Array) -> str:
         """What is heard so far in an open utterance (``transcript_partial``)."""

@@ -106,9 +106,12 @@ def check_one_turn_done_per_utterance(events: list[dict[str, Any]]) -> list[dict
     # many end-of-turn decisions it took (stream time runs ahead of the clock here, so no
     # reply is ever heard before the next speech, and within turn.resume_window_ms the
     # utterances join).
-    stopped = sorted({e["turn_id"] for e in events if e["type"] == "speech_stopped"})
+    # Every speech_started gets one turn_done (a burst too short to be speech ends "empty").
+    started = sorted({e["turn_id"] for e in events if e["type"] == "speech_started"})
+    stopped = {e["turn_id"] for e in events if e["type"] == "speech_stopped"}
     done = [e for e in events if e["type"] == "turn_done"]
-    assert sorted(d["turn_id"] for d in done) == stopped, (stopped, done)
+    assert sorted(d["turn_id"] for d in done) == started, (started, done)
+    assert all(d["status"] == "empty" for d in done if d["turn_id"] not in stopped), done
     for turn in done:  # nothing of a turn after its end
         after = events[events.index(turn) + 1:]
         assert not [e for e in after if e.get("turn_id") == turn["turn_id"]]
@@ -149,7 +152,8 @@ async def test_fast_speech_with_resumed_turns_still_ends_each_turn_once(
     assert len(done) < 6
     # The turns were asked about every utterance they joined: no words lost (six Harvard
     # sentences of 6-8 words; a turn also ends at vad.max_utterance_s).
-    assert sum(len(d["transcript"].split()) for d in done) >= 6 * 5, done
+    words = sum(len(d["transcript"].split()) for d in done)
+    assert 6 * 5 <= words <= 6 * 9, done  # and none twice (a resumed turn is not carried)
 
 
 @pytest.mark.timeout(240)
