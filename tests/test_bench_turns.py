@@ -14,23 +14,25 @@ from voice_agent.asr import Transcriber, Word
 from voice_agent.audio.pcm import read_audio, rms_dbfs
 from voice_agent.bench import shared_audio_dir
 from voice_agent.bench_turns import (
+    ItemLog,
+    _all_ended,
+    baseline_config,
+    format_table,
+    lost_words,
+    score_item,
+    summarize,
+)
+from voice_agent.turn_set import (
     RATE,
     SNAP_MS,
     Boundary,
     Item,
-    ItemLog,
-    _all_ended,
-    baseline_config,
     build_set,
-    format_table,
     heard_words,
     insert_pause,
-    lost_words,
     narration_boundaries,
     pause_point,
-    score_item,
     sources,
-    summarize,
 )
 from voice_agent.wer import normalize
 

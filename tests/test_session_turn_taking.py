@@ -72,8 +72,8 @@ def feed(session: Session, pcm: bytes, chunk_ms: int = 20) -> list[Action]:
         for action in session.audio(pcm[offset : offset + step]):
             if isinstance(action, JudgeTurn):
                 judge = JUDGES[id(session)]
-                session.judged(action.turn_id, action.pause_at_ms,
-                               judge.complete_probability(action.audio))
+                actions.extend(session.judged(action.turn_id, action.pause_at_ms,
+                                              judge.complete_probability(action.audio)))
             else:
                 actions.append(action)
     return actions
@@ -187,10 +187,12 @@ def test_a_late_answer_ends_a_finished_turn_at_once_and_a_stale_one_is_ignored()
     session = make(LengthJudge(finished_after_ms=0))
     feed(session, silence(200) + tone(600))
     judge = next(a for a in session.audio(silence(500)) if isinstance(a, JudgeTurn))
-    session.judged(judge.turn_id, judge.pause_at_ms - 10, 0.99)  # an earlier pause's
+    assert session.judged(judge.turn_id, judge.pause_at_ms - 10, 0.99) == []  # stale
     assert kinds(session.audio(silence(20))) == []
-    session.judged(judge.turn_id, judge.pause_at_ms, 0.99)  # 650 ms: past the short silence
-    assert kinds(session.audio(silence(10))) == ["SpeechStopped", "CommitTurn"]
+    # 670 ms of silence, past the short one: the turn ends with the answer, even if the
+    # client has stopped sending audio.
+    assert kinds(session.judged(judge.turn_id, judge.pause_at_ms, 0.99)) == [
+        "SpeechStopped", "CommitTurn"]
 
 
 operations = st.lists(

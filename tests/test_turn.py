@@ -18,6 +18,7 @@ from voice_agent.engines import Engines
 from voice_agent.llm.chain import LlmChain
 from voice_agent.llm.openai_http import OpenAiHttpEngine
 from voice_agent.server.protocol import ErrorEvent, ReplyText, TranscriptEvent
+from voice_agent.speculation import Speculation
 from voice_agent.turn import TurnRunner
 
 pytestmark = pytest.mark.slow
@@ -250,3 +251,26 @@ async def test_a_turn_cancelled_before_its_reply_was_heard_leads_the_next_turn(
     # Carried once: a third turn starts afresh.
     third = await run.run(3, read_audio(second.path)[0], 450, Recorder())
     assert first_words[1].lower() not in third.transcript.lower().split()[:3], third
+
+
+async def test_a_thrown_away_speculation_keeps_the_carried_words_for_the_next_turn(
+    engines: Engines,
+) -> None:
+    first, second = harvard_clips()[0], harvard_clips()[1]
+    run = runner_with(engines, ScriptedLlm(["Fine."], delay_s=0.5))
+    task = asyncio.create_task(run.run(1, read_audio(first.path)[0], 450, Recorder()))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    assert (await task).status == "cancelled"  # its words wait for the next turn
+    speculation = Speculation(Recorder())  # a pause in turn 2: prepared, then thrown away
+    out = Recorder()
+    spec_task = asyncio.create_task(run.run(2, read_audio(second.path)[0], 150, out,
+                                            speculation=speculation))
+    while not speculation.transcript.done():
+        await asyncio.sleep(0.01)
+    speculation.abandon()
+    spec_task.cancel()
+    await asyncio.gather(spec_task, return_exceptions=True)
+    assert not out.events  # held, then dropped
+    done = await run.run(2, read_audio(second.path)[0], 450, Recorder())
+    assert first.reference.split()[1].lower() in done.transcript.lower(), done.transcript

@@ -16,18 +16,13 @@ import pytest
 from tests.conftest import harvard_clips, make_config
 from voice_agent.asr import WhisperAsr
 from voice_agent.audio.pcm import last_speech_sample, read_audio
-from voice_agent.bench_turns import (
-    Item,
-    heard_words,
-    insert_pause,
-    pause_point,
-    score_item,
-    stream_item,
-)
+from voice_agent.bench_turns import score_item, stream_item
+from voice_agent.client import stream_samples
 from voice_agent.config import Config
 from voice_agent.engines import Engines
 from voice_agent.models import Manifest
 from voice_agent.server.ws import VoiceServer
+from voice_agent.turn_set import Item, heard_words, insert_pause, pause_point
 from voice_agent.wer import normalize
 
 pytestmark = pytest.mark.slow
@@ -137,3 +132,21 @@ async def test_two_sessions_with_speculation_share_the_model_without_engine_time
         assert "engine_timeout" not in row["errors"], row
         assert row["statuses"] and row["statuses"][-1] == "ok", row
         assert not row["lost_words"], row
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.turn(endpoint="silence", speculate=False, resume_window_ms=3000)
+async def test_the_client_drops_a_resumed_turns_first_reply(
+    url: str, paused_items: list[Item]
+) -> None:
+    # 450 ms of silence decides inside the 0.7 s pause; the person resumes before the reply
+    # to the fragment can be heard. `voice-agent client` keeps one transcript and one reply.
+    item = paused_items[0]
+    result = await stream_samples(item.samples, RATE, url, trailing_silence_s=6.0)
+    types = [e["type"] for e in result.events]
+    assert "speech_resumed" in types, types
+    assert [t["status"] for t in result.turns] == ["ok"], result.turns
+    done = result.turns[0]
+    assert result.transcript == done["transcript"]  # not the fragment and then the whole
+    assert result.reply_audio.size == done["audio_samples"], (result.reply_audio.size, done)
+    assert result.voice_to_voice_ms is not None and result.voice_to_voice_ms > 0

@@ -23,6 +23,7 @@ from voice_agent.server.protocol import (
     End,
     ErrorEvent,
     SessionEnd,
+    SpeechResumed,
     Start,
     TranscriptEvent,
     TurnDone,
@@ -99,8 +100,12 @@ async def stream_samples(
     audio = np.concatenate([samples, np.zeros(int(rate * trailing_silence_s), np.int16)])
     chunk = rate * CHUNK_MS // 1000
     speech_end_sent: list[float] = []
-    first_reply: list[float] = []
+    first_reply: list[tuple[float, int]] = []
+    """When the first reply audio after the speech came, and its index in ``pieces``."""
     pieces: list[bytes] = []
+    transcripts: dict[int, str] = {}
+    reply_starts: dict[int, int] = {}
+    """Where in ``pieces`` each turn's reply began: ``speech_resumed`` drops it from there."""
 
     async with connect(url, **connect_options(url, token=token, ca_file=ca_file)) as ws:
         await ws.send(encode(Start(sample_rate=rate, output_sample_rate=output_rate)))
@@ -109,13 +114,22 @@ async def stream_samples(
             async for message in ws:
                 if isinstance(message, bytes):
                     if speech_end_sent and not first_reply:
-                        first_reply.append(time.perf_counter())
+                        first_reply.append((time.perf_counter(), len(pieces)))
                     pieces.append(message)
                     continue
                 event = decode_server(message)
                 result.events.append({"type": event.type, **dataclasses.asdict(event)})
                 if isinstance(event, TranscriptEvent):
-                    result.transcript = " ".join(filter(None, [result.transcript, event.text]))
+                    transcripts[event.turn_id] = event.text  # a resumed turn's replaces it
+                    reply_starts.setdefault(event.turn_id, len(pieces))
+                    result.transcript = " ".join(filter(None, transcripts.values()))
+                elif isinstance(event, SpeechResumed):
+                    # The person went on speaking before hearing this reply: it is dropped,
+                    # and the whole utterance is answered again.
+                    dropped_from = reply_starts.pop(event.turn_id, len(pieces))
+                    del pieces[dropped_from:]
+                    if first_reply and first_reply[0][1] >= dropped_from:
+                        first_reply.clear()
                 elif isinstance(event, TurnDone):
                     result.turns.append(dataclasses.asdict(event))
                     result.reply_text = " ".join(filter(None, [result.reply_text,
@@ -149,5 +163,5 @@ async def stream_samples(
     result.reply_audio = reply
     result.reply_audio_seconds = round(reply.size / result.output_sample_rate, 3)
     if speech_end_sent and first_reply:
-        result.voice_to_voice_ms = round((first_reply[0] - speech_end_sent[0]) * 1000, 1)
+        result.voice_to_voice_ms = round((first_reply[0][0] - speech_end_sent[0]) * 1000, 1)
     return result

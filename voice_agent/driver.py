@@ -218,7 +218,9 @@ class SessionDriver:
         except Exception as exc:  # the long silence decides, as without a model
             log.warning("end-of-turn model failed: %r", exc)
             return
-        self.session.judged(action.turn_id, action.pause_at_ms, probability)
+        log.debug("turn %d, pause at %d ms: finished with probability %.2f",
+                  action.turn_id, action.pause_at_ms, probability)
+        await self.execute(self.session.judged(action.turn_id, action.pause_at_ms, probability))
 
     async def _partial_transcript(self, action: Transcribe) -> None:
         try:

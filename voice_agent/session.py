@@ -203,8 +203,8 @@ class Session:
         self._audible_at_ms: int | None = None
         """Stream time at which the active turn's reply audio started going out."""
         self._partial_at_ms = 0
-        self.end_probabilities: list[float] = []
-        """The end-of-turn model's judgement of each pause, in order (for benchmarks)."""
+        self.last_end_probability: float | None = None
+        """The end-of-turn model's judgement of the latest pause (for logs and probes)."""
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -325,16 +325,17 @@ class Session:
             actions.append(JudgeTurn(self._turn_id, event.audio, event.at_ms))
         return actions
 
-    def judged(self, turn_id: int, pause_at_ms: int, probability: float) -> None:
+    def judged(self, turn_id: int, pause_at_ms: int, probability: float) -> list[Action]:
         """The end-of-turn model's answer for a pause: a finished utterance ends after
         ``turn.complete_silence_ms`` (at once if that much silence has passed), an unfinished
         one after ``turn.incomplete_silence_ms``. Answers to pauses that are over are ignored."""
         if turn_id != self._turn_id or pause_at_ms != self._pause_at_ms:
-            return
-        self.end_probabilities.append(probability)
+            return []
+        self.last_end_probability = probability
         finished = probability >= self._turn.complete_threshold
-        self._endpointer.end_after(self._turn.complete_silence_ms if finished
-                                   else self._turn.incomplete_silence_ms)
+        events = self._endpointer.end_after(self._turn.complete_silence_ms if finished
+                                            else self._turn.incomplete_silence_ms)
+        return [a for event in events for a in self._on_endpoint(event)]
 
     def _stop_speculating(self) -> list[Action]:
         if self._speculating is None:

@@ -1,27 +1,23 @@
-"""One turn: utterance → ASR → LLM (streamed, reasoning removed, cut into sentences) → TTS.
+"""One turn: utterance → ASR → LLM (streamed, reasoning removed, cut into chunks) → TTS.
 
-The LLM and TTS overlap: sentences go through a bounded queue, so the first sentence is
-being spoken while the model writes the next. Every turn ends in exactly one
-:class:`TurnDone` (ok, empty, cancelled or error), whatever happens inside.
+The LLM and TTS overlap: chunks go through a bounded queue (``voice_agent.turn_state``), so
+the first is being spoken (``voice_agent.speaker``) while the model writes the next. A turn
+may start before it is decided (``voice_agent.speculation``): its output is then held until
+it commits. Every turn ends in exactly one :class:`TurnDone` (ok, empty, cancelled or error),
+whatever happens inside.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
 
-import numpy as np
-
-from voice_agent.aio import call_in_thread, iterate_in_thread
+from voice_agent.aio import call_in_thread
 from voice_agent.asr import Transcript
-from voice_agent.audio.pcm import Int16Array, StreamResampler
+from voice_agent.audio.pcm import Int16Array
 from voice_agent.audio.turn_end import combined_probability, text_complete_probability
 from voice_agent.config import Config
 from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
@@ -30,118 +26,27 @@ from voice_agent.errors import EngineError, EngineTruncated, Preempted, VoiceAge
 from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.scheduler import Priority
-from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter, ends_sentence
+from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
 from voice_agent.output import TurnOutput
-from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, mentions_tag, system_prompt, tag_note
+from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
     ErrorEvent,
     ReasoningText,
-    ReplyText,
     TranscriptEvent,
     TurnDone,
 )
+from voice_agent.speaker import Speaker
 from voice_agent.speculation import Speculation
+from voice_agent.turn_state import TurnState, until_truncated
 
 __all__ = ["TurnOutput", "TurnRunner"]
 
 log = logging.getLogger(__name__)
 
-AUDIO_FRAME_MS = 200
-"""Reply PCM is sent in binary frames of at most this length."""
-SENTENCE_QUEUE = 8
 FIRST_CHUNK_WAIT_S = 0.5
 """A model still short of a first chunk this long after its answer began (a slow engine,
 R1 over HTTP) has the words it wrote so far spoken as the first chunk."""
-
-
-@dataclass
-class _Turn:
-    """One turn's state, shared by the steps that run it."""
-
-    turn_id: int
-    out: TurnOutput
-    started: float = field(default_factory=time.perf_counter)
-    timings: dict[str, float] = field(default_factory=dict)
-    transcript: str = ""
-    note: str = ""
-    """The emotion tag, sent to the model as a system message right before the words."""
-    rate_factor: float = 1.0
-    """Speaking-rate factor of this reply, from the emotion tag."""
-    sentences: asyncio.Queue[str | None] = field(
-        default_factory=lambda: asyncio.Queue(SENTENCE_QUEUE))
-    """From the LLM to the speaker; None ends it."""
-    chunker: SentenceChunker = field(default_factory=SentenceChunker)
-    reply: list[str] = field(default_factory=list)
-    spoken: list[str] = field(default_factory=list)
-    audio_samples: int = 0
-    engine: str = ""
-    """The engine whose answer was spoken."""
-    fallbacks: dict[str, str] = field(default_factory=dict)
-    """Engines that failed this turn, with their error codes."""
-    answer_started: bool = False
-    """Answer text (not an acknowledgement) was shown or spoken: no engine may restart it."""
-    answer_sentences: int = 0
-    """Sentences of the answer queued for speech (not acknowledgements or apologies)."""
-    answer_at_sentence_end: bool = False
-    """The last answer chunk queued ends a sentence (the first may end at a clause break)."""
-    reply_full: bool = False
-    """``llm.max_reply_s`` reached: nothing more is spoken, and the model is stopped."""
-    error: VoiceAgentError | None = None
-    speculation: Speculation | None = None
-    """Set while the turn runs before it is decided (its output is then held)."""
-
-    def restart_reply(self, chunker: SentenceChunker) -> None:
-        """Forget a reply that was prepared and thrown away unheard (pre-empted speculation),
-        so the turn can answer again from its transcript."""
-        self.sentences = asyncio.Queue(SENTENCE_QUEUE)
-        self.chunker = chunker
-        self.reply, self.spoken = [], []
-        self.audio_samples, self.answer_sentences = 0, 0
-        self.answer_started = self.answer_at_sentence_end = self.reply_full = False
-        self.engine, self.error = "", None
-        for name in ("llm_first_token_ms", "first_sentence_ms", "tts_first_chunk_ms",
-                     "first_audio_ms"):
-            self.timings.pop(name, None)
-
-    def mark(self, name: str) -> None:
-        self.timings.setdefault(name, round((time.perf_counter() - self.started) * 1000, 1))
-
-    async def queue_sentence(self, sentence: str) -> None:
-        self.mark("first_sentence_ms")
-        await self.sentences.put(sentence)
-
-    async def queue_answer(self, sentence: str) -> None:
-        """A sentence of the model's answer; one that talks about the emotion tag is dropped
-        (small models sometimes explain the tag instead of answering)."""
-        if mentions_tag(sentence):
-            log.info("turn %d: dropped a sentence about the emotion tag", self.turn_id)
-            return
-        self.answer_sentences += 1
-        self.answer_at_sentence_end = ends_sentence(sentence)
-        await self.queue_sentence(sentence)
-
-    async def queue_rest(self) -> None:
-        """Whatever the chunker still holds, as sentences."""
-        for sentence in self.chunker.finish():
-            await self.queue_answer(sentence)
-
-    async def queue_complete(self) -> None:
-        """After a cut-off answer: what the chunker holds, only if it ends a sentence."""
-        sentences, _dropped = self.chunker.finish_complete()
-        for sentence in sentences:
-            await self.queue_answer(sentence)
-
-
-async def _until_truncated(pieces: AsyncIterator[str], seen: list[EngineTruncated]
-                           ) -> AsyncGenerator[str, None]:
-    """The pieces; a length cut-off at their end is put in ``seen`` instead of raised, so the
-    turn can judge it against what it has already spoken."""
-    try:
-        async for piece in pieces:
-            yield piece
-    except EngineTruncated as exc:
-        seen.append(exc)
 
 
 class TurnRunner:
@@ -152,7 +57,7 @@ class TurnRunner:
     ) -> None:
         self._engines = engines
         self._config = config
-        self._output_rate = output_rate
+        self._speaker = Speaker(engines, config, output_rate)
         self._send_reasoning = send_reasoning
         self.conversation = Conversation(system_prompt(config), config.llm.history_turns)
         self.emotion = EmotionTracker()
@@ -172,7 +77,7 @@ class TurnRunner:
         With ``speculation`` the turn starts before it is decided: its output goes to the
         speculation's held output, and the run ends only once the turn is committed (it is
         cancelled if it never is)."""
-        turn = _Turn(turn_id, speculation.out if speculation else out, speculation=speculation,
+        turn = TurnState(turn_id, speculation.out if speculation else out, speculation=speculation,
                      chunker=self._chunker())
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
@@ -204,11 +109,14 @@ class TurnRunner:
             except Exception as send_exc:  # the output itself failed: the turn ends anyway
                 log.debug("turn %d: could not report its error: %r", turn_id, send_exc)
         abandoned = speculation is not None and speculation.abandoned
-        if turn.transcript and not abandoned:
+        if turn.transcript and not abandoned:  # an abandoned run leaves the carry-over be
             if status == "cancelled" and not turn.audio_samples:
                 self._unanswered = turn.transcript  # never heard: carried into the next turn
-            elif turn.answer_started:
-                self.conversation.add(turn.transcript, " ".join(turn.spoken), note=turn.note)
+            else:
+                self._unanswered = ""  # the model was asked about it
+                if turn.answer_started:
+                    self.conversation.add(turn.transcript, " ".join(turn.spoken),
+                                          note=turn.note)
         turn.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
@@ -221,20 +129,19 @@ class TurnRunner:
             fallbacks=turn.fallbacks,
         )
 
-    async def _run(self, turn: _Turn, audio: Int16Array) -> None:
+    async def _run(self, turn: TurnState, audio: Int16Array) -> None:
         transcript = await self._transcribe(turn, audio)
         turn.mark("asr_ms")
         if turn.speculation is not None:
             turn.speculation.heard(transcript.text)
         if not any(ch.isalnum() for ch in transcript.text):
             transcript = Transcript("", transcript.language)
-        carried, self._unanswered = self._unanswered, ""
-        turn.transcript = f"{carried} {transcript.text}".strip()
+        # Read, not taken: a speculation thrown away must leave it for the next run.
+        turn.transcript = f"{self._unanswered} {transcript.text}".strip()
         await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
                                              asr_ms=turn.timings["asr_ms"]))
         if not transcript.text:
-            self._unanswered = carried  # nothing new: still waiting for its answer
-            turn.transcript = ""
+            turn.transcript = ""  # nothing new: what was carried still waits for its answer
             return
         turn.note = await self._hear_emotion(turn, audio, transcript)
         speculation = turn.speculation
@@ -262,7 +169,7 @@ class TurnRunner:
         return SentenceChunker(first_chunk_min_words=tts.first_chunk_min_words,
                                first_chunk_max_words=tts.first_chunk_max_words)
 
-    async def _transcribe(self, turn: _Turn, audio: Int16Array) -> Transcript:
+    async def _transcribe(self, turn: TurnState, audio: Int16Array) -> Transcript:
         """The utterance's transcript. A turn cancelled while it is being made (the person
         went on talking) still waits for it, so its words can lead the next turn."""
         engines, config = self._engines, self._config
@@ -310,9 +217,9 @@ class TurnRunner:
             return sound
         return combined_probability(sound, text_complete_probability(words))
 
-    async def _respond(self, turn: _Turn) -> None:
+    async def _respond(self, turn: TurnState) -> None:
         """The model's answer, spoken as it is written."""
-        speaker = asyncio.create_task(self._speak(turn))
+        speaker = asyncio.create_task(self._speaker.speak(turn))
         try:
             await self._think(turn)
             await turn.sentences.put(None)
@@ -327,7 +234,8 @@ class TurnRunner:
             if not speaker.cancelled():
                 speaker.exception()  # retrieved: a client gone is not "never retrieved"
 
-    async def _hear_emotion(self, turn: _Turn, audio: Int16Array, transcript: Transcript) -> str:
+    async def _hear_emotion(self, turn: TurnState, audio: Int16Array, transcript: Transcript
+                            ) -> str:
         """Tag how the person sounds, tell the client, and return the note for the LLM
         ("" for none). A failure here costs the turn its tag, never its answer."""
         config = self._config.emotion
@@ -351,7 +259,7 @@ class TurnRunner:
                                           length_scale=round(turn.rate_factor, 3)))
         return tag_note(tag) if config.tag_prompt else ""
 
-    async def _think(self, turn: _Turn) -> None:
+    async def _think(self, turn: TurnState) -> None:
         """Answer with the first engine of the chain that can; see ``llm.chain``. The
         emotion note (``turn.note``) goes right before the transcript."""
         chain = self._engines.llm
@@ -393,7 +301,7 @@ class TurnRunner:
         await self._apologize(turn, turn.error)
 
     async def _answer_with(
-        self, engine: LlmEngine, messages: list[ChatMessage], turn: _Turn
+        self, engine: LlmEngine, messages: list[ChatMessage], turn: TurnState
     ) -> None:
         config = self._config.llm
         reasoning = ReasoningFilter(starts_in_reasoning=engine.opens_reasoning)
@@ -412,7 +320,7 @@ class TurnRunner:
         else:
             tokens = self._engines.llm.stream(engine, messages, timings=turn.timings)
         truncated: list[EngineTruncated] = []
-        async with aclosing(tokens), aclosing(_until_truncated(tokens, truncated)) as pieces:
+        async with aclosing(tokens), aclosing(until_truncated(tokens, truncated)) as pieces:
             async for piece in pieces:
                 filtered = reasoning.feed(piece)
                 if filtered.reasoning:
@@ -463,18 +371,18 @@ class TurnRunner:
             turn.answer_started = False
             raise EngineError(f"{engine.name} gave no answer", code="llm_empty")
 
-    def _others_waiting(self, engine: LlmEngine, turn: _Turn) -> bool:
+    def _others_waiting(self, engine: LlmEngine, turn: TurnState) -> bool:
         """Whether to end the answer here because other turns wait for the engine
         (``llm.brief_when_busy``): only once a whole sentence has been queued."""
         return (self._config.llm.brief_when_busy and turn.answer_at_sentence_end
                 and self._engines.llm.waiting(engine) > 0)
 
     @staticmethod
-    async def _say(turn: _Turn, text: str) -> None:
+    async def _say(turn: TurnState, text: str) -> None:
         """Speak a fixed sentence (acknowledgement, apology) as part of the reply."""
         await turn.queue_sentence(text)
 
-    async def _apologize(self, turn: _Turn, error: VoiceAgentError) -> None:
+    async def _apologize(self, turn: TurnState, error: VoiceAgentError) -> None:
         await turn.out.event(ErrorEvent(code=error.code, message=str(error),
                                         transient=error.transient, turn_id=turn.turn_id))
         # What was shown is also spoken, so text and audio tell the same story.
@@ -482,7 +390,7 @@ class TurnRunner:
         await self._say(turn, self._config.llm.apology_text)
 
     @staticmethod
-    async def _speakable(turn: _Turn, text: str) -> None:
+    async def _speakable(turn: TurnState, text: str) -> None:
         if not turn.answer_started:
             text = text.lstrip()
         if not text:
@@ -490,72 +398,3 @@ class TurnRunner:
         turn.answer_started = True
         for sentence in turn.chunker.feed(text):
             await turn.queue_answer(sentence)
-
-    @staticmethod
-    async def _show(turn: _Turn, sentence: str) -> None:
-        """Send a sentence as reply text as it starts being spoken: the text a client shows
-        is exactly what the person hears (nothing held back or cut is ever shown)."""
-        delta = f" {sentence}" if turn.reply else sentence
-        turn.reply.append(delta)
-        await turn.out.event(ReplyText(turn_id=turn.turn_id, delta=delta))
-
-    async def _speak(self, turn: _Turn) -> None:
-        tts, config = self._engines.tts, self._config.tts
-        resampler = StreamResampler(tts.sample_rate, self._output_rate)
-        frame = max(1, self._output_rate * AUDIO_FRAME_MS // 1000)
-        limit = self._config.llm.max_reply_s * tts.sample_rate
-        synthesized = 0
-        """Samples (at the TTS rate) of the sentences spoken so far."""
-        mid_sentence = False
-        """The last chunk ended at a clause break (the first chunk may): the rest of that
-        sentence is spoken too, or the reply would stop mid-sentence."""
-        while (sentence := await turn.sentences.get()) is not None:
-            if turn.reply_full:
-                continue  # drained, so the model's side never blocks on a full queue
-            # The first sentence streams as it is synthesized (it is what the person waits
-            # for) and is always spoken; a later one is synthesized whole first, then spoken
-            # only if it fits in llm.max_reply_s. The one before it is still playing, so
-            # holding it back costs no silence.
-            streaming = not turn.reply or mid_sentence
-            mid_sentence = not ends_sentence(sentence)
-            held: list[Int16Array] = []
-            if streaming:
-                await self._show(turn, sentence)
-            synth_started = time.perf_counter()
-            chunks = iterate_in_thread(
-                functools.partial(self._synthesize, sentence, turn.rate_factor),
-                self._engines.tts_executor, first_timeout_s=config.timeout_s,
-                next_timeout_s=config.timeout_s, what="speech synthesis",
-            )
-            async with aclosing(chunks):
-                async for chunk in chunks:
-                    if "tts_first_chunk_ms" not in turn.timings:
-                        turn.timings["tts_first_chunk_ms"] = round(
-                            (time.perf_counter() - synth_started) * 1000, 1)
-                    synthesized += chunk.size
-                    if streaming:
-                        await self._send_audio(turn, resampler.process(chunk), frame)
-                    else:
-                        held.append(chunk)
-            if not streaming:
-                if synthesized > limit:
-                    turn.reply_full = True
-                    continue
-                await self._show(turn, sentence)
-                for chunk in held:
-                    await self._send_audio(turn, resampler.process(chunk), frame)
-            turn.spoken.append(sentence)
-        await self._send_audio(turn, resampler.flush(), frame)
-
-    def _synthesize(
-        self, text: str, rate_factor: float, stop: threading.Event
-    ) -> Iterator[Int16Array]:
-        return self._engines.tts.synthesize(text, stop, rate_factor=rate_factor)
-
-    @staticmethod
-    async def _send_audio(turn: _Turn, samples: Int16Array, frame: int) -> None:
-        for start in range(0, samples.size, frame):
-            piece = np.asarray(samples[start : start + frame], dtype="<i2")
-            turn.mark("first_audio_ms")
-            turn.audio_samples += piece.size
-            await turn.out.audio(piece.tobytes())

@@ -30,7 +30,9 @@ CONCURRENCY = 5
 
 def clip() -> bytes:
     samples, _ = read_audio(harvard_clips()[0].path)
-    return np.concatenate([samples, np.zeros(16000, np.int16)]).astype("<i2").tobytes()
+    # 1.5 s of silence after it ends the turn however the end-of-turn model judges it
+    # (turn.incomplete_silence_ms): churn is the point here, not endpointing.
+    return np.concatenate([samples, np.zeros(24000, np.int16)]).astype("<i2").tobytes()
 
 
 class Churn:

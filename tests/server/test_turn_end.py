@@ -99,6 +99,17 @@ async def collect_until_session_end(ws: ClientConnection, timeout: float) -> lis
     return events
 
 
+async def session_of(server: VoiceServer, audio: np.ndarray, *, chunk_s: float,
+                     timeout: float) -> list[dict[str, Any]]:
+    """Send ``audio`` as fast as the socket takes it, then ``end``: every event until
+    ``session_end``."""
+    async with connect(url(server), max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+        await send_fast(ws, audio, chunk_s=chunk_s)
+        await ws.send(json.dumps({"type": "end"}))
+        return await collect_until_session_end(ws, timeout)
+
+
 def check_one_turn_done_per_utterance(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(events) + 1)), "seq must be gap-free"
@@ -123,12 +134,8 @@ def check_one_turn_done_per_utterance(events: list[dict[str, Any]]) -> list[dict
 async def test_speech_faster_than_real_time_gets_one_turn_done_per_utterance(
     fresh_server: VoiceServer,
 ) -> None:
-    audio = speech(6)
-    async with connect(url(fresh_server), max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
-        await send_fast(ws, audio, chunk_s=0.5)  # a few times real time, no waiting
-        await ws.send(json.dumps({"type": "end"}))
-        events = await collect_until_session_end(ws, 180)
+    # A few times real time, no waiting.
+    events = await session_of(fresh_server, speech(6), chunk_s=0.5, timeout=180)
     done = check_one_turn_done_per_utterance(events)
     assert len(done) >= 5, "six utterances with 0.7 s gaps"
     # Every turn but the last was overtaken by the next utterance: cancelled.
@@ -140,12 +147,7 @@ async def test_speech_faster_than_real_time_gets_one_turn_done_per_utterance(
 async def test_fast_speech_with_resumed_turns_still_ends_each_turn_once(
     resuming_server: VoiceServer,
 ) -> None:
-    audio = speech(6)
-    async with connect(url(resuming_server), max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
-        await send_fast(ws, audio, chunk_s=0.5)
-        await ws.send(json.dumps({"type": "end"}))
-        events = await collect_until_session_end(ws, 180)
+    events = await session_of(resuming_server, speech(6), chunk_s=0.5, timeout=180)
     done = check_one_turn_done_per_utterance(events)
     resumed = [e for e in events if e["type"] == "speech_resumed"]
     assert resumed, "no reply can be heard before the next speech: the turns join"
@@ -162,11 +164,8 @@ async def test_multi_megabyte_burst_gets_one_turn_done_per_utterance(
 ) -> None:
     audio = np.tile(speech(4, gap_s=0.5), 12)  # ~3.5 MB of real speech, ~48 utterances
     assert audio.nbytes > 3_000_000
-    async with connect(url(fresh_server), max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
-        await send_fast(ws, audio, chunk_s=1.0)  # 32 KB messages, as fast as TCP takes them
-        await ws.send(json.dumps({"type": "end"}))
-        events = await collect_until_session_end(ws, 200)
+    # 32 KB messages, as fast as TCP takes them.
+    events = await session_of(fresh_server, audio, chunk_s=1.0, timeout=200)
     done = check_one_turn_done_per_utterance(events)
     assert len(done) >= 15  # 0.5 s gaps: some utterances run together
     assert sum(d["status"] == "cancelled" for d in done) >= len(done) // 2  # overtaken

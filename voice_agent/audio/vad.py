@@ -164,10 +164,14 @@ class Endpointer:
         """The open utterance so far (empty when there is none)."""
         return np.concatenate(self._frames) if self._frames else np.zeros(0, dtype=np.int16)
 
-    def end_after(self, silence_ms: int) -> None:
+    def end_after(self, silence_ms: int) -> list[EndpointEvent]:
         """End the current pause's utterance after ``silence_ms`` of silence (counted from
-        the last speech frame; a length already passed ends it at the next frame)."""
+        the last speech frame). A length already passed ends it now: the end comes back
+        (a client may have stopped sending audio while the answer was being worked out)."""
         self._end_frames = max(1, silence_ms // FRAME_MS)
+        if self._in_speech and self._silence_run >= self._end_frames:
+            return [self._finish(self._frame_index * FRAME_MS, "silence")]
+        return []
 
     def push(self, frame: Int16Array, speech: bool) -> list[EndpointEvent]:
         self._frame_index += 1
