@@ -129,7 +129,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path: Path) -> None:
 def test_doctor_checks_the_embedded_models() -> None:
     done = run_cli("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("ok (sha256 verified)") == 3
+    assert done.stdout.count("ok (sha256 verified)") == 4  # ASR, LLM, TTS, end of turn
 
 
 def test_serve_falls_back_when_the_primary_server_is_not_there(tmp_path: Path) -> None:

@@ -87,4 +87,4 @@ def test_wheel_installs_and_doctor_verifies_the_embedded_models(tmp_path: Path) 
     doctor = run(venv / "bin" / "voice-agent", "doctor", cwd=outside)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     verified = [line for line in doctor.stdout.splitlines() if "ok (sha256 verified)" in line]
-    assert {line.split()[0] for line in verified} == {"asr", "llm", "tts"}, doctor.stdout
+    assert {line.split()[0] for line in verified} == {"asr", "llm", "tts", "turn"}, doctor.stdout

@@ -75,6 +75,15 @@ _TAG_TALK = re.compile(
     re.IGNORECASE)
 
 
+_LABEL_WORD = re.compile(r"\b(?:" + "|".join(LABELS) + r")\b", re.IGNORECASE)
+
+
+def may_lead_to_tag(fragment: str) -> bool:
+    """Whether the start of a sentence names an emotion label ("This sounds neutral,"): the
+    rest may talk about the tag, so it is judged whole before any of it is spoken."""
+    return bool(_LABEL_WORD.search(fragment))
+
+
 def mentions_tag(sentence: str) -> bool:
     """Whether a sentence of the reply talks about the emotion tag (its field names, a label
     used as a label, the bracket line) rather than answering. Narrow on purpose: a reply

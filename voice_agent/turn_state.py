@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from voice_agent.errors import EngineTruncated, VoiceAgentError
 from voice_agent.llm.text import SentenceChunker, ends_sentence
 from voice_agent.output import TurnOutput
-from voice_agent.prompt import mentions_tag
+from voice_agent.prompt import may_lead_to_tag, mentions_tag
 from voice_agent.speculation import Speculation
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class TurnState:
     error: VoiceAgentError | None = None
     speculation: Speculation | None = None
     """Set while the turn runs before it is decided (its output is then held)."""
+    held_fragment: str = ""
+    """A mid-sentence chunk of a tagged turn, waiting for the rest of its sentence."""
 
     def restart_reply(self, chunker: SentenceChunker) -> None:
         """Forget a reply that was prepared and thrown away unheard (pre-empted speculation),
@@ -66,7 +68,7 @@ class TurnState:
         self.reply, self.spoken = [], []
         self.audio_samples, self.answer_sentences = 0, 0
         self.answer_started = self.answer_at_sentence_end = self.reply_full = False
-        self.engine, self.error = "", None
+        self.engine, self.error, self.held_fragment = "", None, ""
         for name in ("llm_first_token_ms", "first_sentence_ms", "tts_first_chunk_ms",
                      "first_audio_ms"):
             self.timings.pop(name, None)
@@ -79,11 +81,22 @@ class TurnState:
         await self.sentences.put(sentence)
 
     async def queue_answer(self, sentence: str) -> None:
-        """A sentence of the model's answer; one that talks about the emotion tag is dropped
-        (small models sometimes explain the tag instead of answering)."""
+        """A chunk of the model's answer; a sentence that talks about the emotion tag is
+        dropped (small models sometimes explain the tag instead of answering). When the model
+        was given a tag, or a chunk names a label, a chunk that ends mid-sentence is held and
+        judged with the rest of its sentence (a short first chunk would otherwise speak the
+        start of tag talk)."""
+        sentence = f"{self.held_fragment} {sentence}".strip() if self.held_fragment else sentence
+        self.held_fragment = ""
+        if not ends_sentence(sentence) and (self.note or may_lead_to_tag(sentence)):
+            self.held_fragment = sentence
+            return
         if mentions_tag(sentence):
             log.info("turn %d: dropped a sentence about the emotion tag", self.turn_id)
             return
+        await self._queue_answer_chunk(sentence)
+
+    async def _queue_answer_chunk(self, sentence: str) -> None:
         self.answer_sentences += 1
         self.answer_at_sentence_end = ends_sentence(sentence)
         await self.queue_sentence(sentence)
@@ -92,6 +105,9 @@ class TurnState:
         """Whatever the chunker still holds, as sentences."""
         for sentence in self.chunker.finish():
             await self.queue_answer(sentence)
+        rest, self.held_fragment = self.held_fragment, ""
+        if rest and not mentions_tag(rest):  # the answer ended inside that sentence
+            await self._queue_answer_chunk(rest)
 
     async def queue_complete(self) -> None:
         """After a cut-off answer: what the chunker holds, only if it ends a sentence."""

@@ -362,8 +362,8 @@ async def test_speculation_waits_behind_turns_and_is_not_counted_as_a_waiting_tu
 
 
 async def test_a_speculation_committed_while_waiting_queues_as_a_turn() -> None:
-    engine = CountingLlm(["a"], delay_s=0.5)
-    lane = EngineLane(engine, llm_config())  # type: ignore[arg-type]
+    engine = CountingLlm(["a"], delay_s=1.5)  # long enough on a loaded machine
+    lane = EngineLane(engine, llm_config(first_token_timeout_s=5.0))  # type: ignore[arg-type]
     holder = asyncio.create_task(consume(lane, "holder"))
     await until(lambda: engine.active == 1)
     flag = SpeculationFlag()

@@ -247,7 +247,7 @@ async def test_session_length_is_capped(engines: Engines) -> None:
 @pytest.mark.timeout(120)
 async def test_turns_per_minute(engines: Engines) -> None:
     samples, _ = read_audio(harvard_clips()[0].path)
-    speech = np.concatenate([samples, np.zeros(16000, np.int16)]).astype("<i2").tobytes()
+    speech = np.concatenate([samples, np.zeros(24000, np.int16)]).astype("<i2").tobytes()
     async with running(engines, turns_per_minute=1) as voice:
         ws = await started(f"ws://127.0.0.1:{voice.port}")
         for offset in range(0, len(speech), 640):

@@ -69,7 +69,7 @@ async def audited_server(engines: Engines, path: Path, **audit: object
 async def one_turn(port: int, clip_index: int = 0) -> dict[str, Any]:
     samples, rate = read_audio(harvard_clips()[clip_index].path, rate=None)
     result = await stream_samples(samples, rate, f"ws://127.0.0.1:{port}",
-                                  trailing_silence_s=1.0, realtime=False, timeout_s=90)
+                                  trailing_silence_s=1.5, realtime=False, timeout_s=90)
     assert len(result.turns) == 1, result.turns
     return result.turns[0]
 
@@ -192,7 +192,7 @@ def start_serve(audit: Path) -> tuple[subprocess.Popen[str], str]:
 
 async def speak(ws: ClientConnection, clip_index: int) -> None:
     samples, _ = read_audio(harvard_clips()[clip_index].path)
-    audio = np.concatenate([samples, np.zeros(16000, np.int16)])
+    audio = np.concatenate([samples, np.zeros(24000, np.int16)])
     for start in range(0, audio.size, 320):
         await ws.send(audio[start:start + 320].astype("<i2").tobytes())
 

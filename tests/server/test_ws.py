@@ -46,7 +46,9 @@ async def started(url: str, rate: int = 16000) -> ClientConnection:
     return ws
 
 
-async def send_speech(ws: ClientConnection, samples: np.ndarray, *, silence_s: float = 1.0) -> None:
+async def send_speech(ws: ClientConnection, samples: np.ndarray, *, silence_s: float = 1.5) -> None:
+    """``samples`` then ``silence_s`` of silence, as fast as the socket takes them. 1.5 s ends
+    the turn however the end-of-turn model judges it (``turn.incomplete_silence_ms``)."""
     audio = np.concatenate([samples, np.zeros(int(16000 * silence_s), np.int16)])
     for start in range(0, audio.size, 320):
         await ws.send(audio[start:start + 320].astype("<i2").tobytes())
@@ -120,10 +122,14 @@ async def test_speaking_again_interrupts_the_reply(server_url: str) -> None:
     samples_a, _ = read_audio(first.path)
     samples_b, _ = read_audio(second.path)
     async with await started(server_url) as ws:
-        await send_speech(ws, samples_a, silence_s=0.6)
+        await send_speech(ws, samples_a)
         seen: list[dict[str, Any]] = []
         await wait_for_type(ws, "speech_stopped", seen)
-        await send_speech(ws, samples_b, silence_s=1.0)
+        while not isinstance(await asyncio.wait_for(ws.recv(), 60), bytes):
+            pass  # the reply is going out
+        # Half a second of it heard (stream time is the session's clock), then speech.
+        await send_speech(ws, np.zeros(8000, np.int16), silence_s=0.0)
+        await send_speech(ws, samples_b)
         await ws.send(json.dumps({"type": "end"}))
         await wait_for_type(ws, "session_end", seen)
     done = {e["turn_id"]: e for e in seen if e["type"] == "turn_done"}
