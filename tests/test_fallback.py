@@ -225,7 +225,12 @@ async def test_a_slow_model_without_punctuation_is_spoken_from_its_first_words(
     # first chunk from what was written so far (turn.FIRST_CHUNK_WAIT_S).
     slow = ScriptedLlm(["Well", " the", " museum", " opens", " every", " morning"] + [""] * 12
                        + [" at nine."], delay_s=0.12, name="slow")
-    run = runner(engines, slow)
+    # No emotion tag for the model: a tagged turn holds a mid-sentence chunk until its
+    # sentence ends (so tag talk can be dropped whole), which is not what is tested here.
+    config = make_config(llm={"first_token_timeout_s": FIRST_TOKEN_S, "token_timeout_s": 1.0},
+                         emotion={"tag_prompt": False})
+    chain = LlmChain([slow, engines.llm.primary], config.llm)
+    run = TurnRunner(replace(engines, llm=chain), config, output_rate=16000)
     out = FirstReplyClock()
     started = time.perf_counter()
     done = await run.run(1, utterance, 450, out)
