@@ -68,12 +68,12 @@ class _Running:
     """One started turn: the driver's task (records and delivers the end) and, once it has
     started, the runner's task (the only one cancellation touches)."""
 
+    speculation: Speculation
+    """Every turn has one (a decided turn's holds nothing): its output, through
+    :class:`_Audible`, and whether it was committed or abandoned."""
     task: asyncio.Task[None] | None = None
     runner: asyncio.Task[TurnDone] | None = None
     cancel_reason: str | None = None
-    out: TurnOutput | None = None
-    """The turn's output (through :class:`_Audible`; held first when speculative)."""
-    speculation: Speculation | None = None
     abandoned: bool = False
     """Thrown away unheard: it ends with no ``turn_done`` (the turn itself goes on)."""
 
@@ -166,8 +166,7 @@ class SessionDriver:
         turn_id = action.turn_id
         out = _Audible(self._out, lambda: self.session.reply_audible(turn_id))
         # A decided turn gets one too (holding nothing): it may still be abandoned unheard.
-        running = _Running(out=out, speculation=Speculation(
-            out, decided=not isinstance(action, Speculate)))
+        running = _Running(Speculation(out, decided=not isinstance(action, Speculate)))
         self._turns[action.turn_id] = running
         self._idle.clear()
         running.task = asyncio.create_task(self._turn(action, running),
@@ -175,7 +174,7 @@ class SessionDriver:
 
     async def _commit(self, action: CommitTurn) -> None:
         running = self._turns.get(action.turn_id)
-        if running is None or running.speculation is None or running.speculation.committed.is_set():
+        if running is None or running.speculation.committed.is_set():
             log.error("turn %d committed without a speculation; ignored", action.turn_id)
             return
         if running.speculation.commit(action.endpoint_wait_ms):
@@ -191,10 +190,8 @@ class SessionDriver:
         if running is None:
             return
         running.abandoned = True
-        if running.speculation is not None:
-            running.speculation.abandon()
-            self._discarded[turn_id] = (self._discarded.get(turn_id, 0)
-                                        + running.speculation.llm_runs)
+        running.speculation.abandon()
+        self._discarded[turn_id] = self._discarded.get(turn_id, 0) + running.speculation.llm_runs
         if running.runner is not None:
             running.runner.cancel()
         if not self._turns:
@@ -242,18 +239,16 @@ class SessionDriver:
     async def _turn(self, action: StartTurn | Speculate, running: _Running) -> None:
         turn_id = action.turn_id
         done: TurnDone | None = None
-        out = running.out or self._out
         try:
             if (running.cancel_reason is None and not running.abandoned
                     and not self._output_failed):
                 running.runner = asyncio.create_task(self.runner.run(
-                    turn_id, action.audio, action.endpoint_wait_ms, out,
+                    turn_id, action.audio, action.endpoint_wait_ms, running.speculation.out,
                     speculation=running.speculation))
                 done = await self._result(turn_id, running.runner)
             if running.abandoned:
                 return  # no end: the person went on speaking, and the turn with them
-            if running.speculation is not None:
-                await running.speculation.out.settled()
+            await running.speculation.out.settled()
         except asyncio.CancelledError:
             # Someone cancelled the driver's own task (the loop is shutting down): stop the
             # engines' work and record the end; there is no time left to deliver it.
@@ -263,9 +258,7 @@ class SessionDriver:
                 self._record(done or TurnDone.unrun(turn_id, "cancelled"))
             self._forget(turn_id, running)
             raise
-        discarded = self._discarded.pop(turn_id, 0)
-        if running.speculation is not None:
-            discarded += running.speculation.preempted_runs
+        discarded = self._discarded.pop(turn_id, 0) + running.speculation.preempted_runs
         done = dataclasses.replace(done or TurnDone.unrun(turn_id, "cancelled"),
                                    discarded_llm_runs=discarded)
         self._record(done)

@@ -203,8 +203,6 @@ class Session:
         self._audible_at_ms: int | None = None
         """Stream time at which the active turn's reply audio started going out."""
         self._partial_at_ms = 0
-        self.last_end_probability: float | None = None
-        """The end-of-turn model's judgement of the latest pause (for logs and probes)."""
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -331,7 +329,6 @@ class Session:
         one after ``turn.incomplete_silence_ms``. Answers to pauses that are over are ignored."""
         if turn_id != self._turn_id or pause_at_ms != self._pause_at_ms:
             return []
-        self.last_end_probability = probability
         finished = probability >= self._turn.complete_threshold
         events = self._endpointer.end_after(self._turn.complete_silence_ms if finished
                                             else self._turn.incomplete_silence_ms)
