@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.test_session import EnergyVad, tone
 from voice_agent.audio.frontend import PassthroughFrontend
 from voice_agent.audio.pcm import Int16Array
+from voice_agent.audio.vad import FRAME_MS
 from voice_agent.config import TurnConfig, VadConfig
 from voice_agent.server.protocol import SpeechResumed, SpeechStarted, SpeechStopped
 from voice_agent.session import (
@@ -219,12 +220,13 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
     live: int | None = None  # the decided turn whose reply runs
     speculating: int | None = None
     current = 0  # the turn id of the open (or last) utterance
-    audible = False
+    audible_at: int | None = None  # stream time (ms) when the live turn's reply went out
+    fed_ms = 0
     runs: dict[int, int] = {}  # decided runs per turn not yet abandoned
     closed = False
 
     def check(actions: list[Action]) -> None:
-        nonlocal live, speculating, current, audible, closed
+        nonlocal live, speculating, current, audible_at, closed
         for action in actions:
             assert not closed
             event_ = action.event if isinstance(action, Emit) else None
@@ -233,8 +235,11 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
                 assert event_.turn_id == current + 1
                 current = event_.turn_id
             elif isinstance(event_, SpeechResumed):
-                assert event_.turn_id == current and live is None and not audible
+                assert event_.turn_id == current and live is None
                 assert resume_window_ms > 0
+                # Begun before anyone could react to the reply (turn.reply_heard_after_ms):
+                # speech whose onset precedes the reply's first audio by any margin included.
+                assert audible_at is None or event_.audio_ms < audible_at + 250 + FRAME_MS
             elif isinstance(event_, SpeechStopped):
                 assert event_.turn_id == current
             elif isinstance(action, Speculate):
@@ -243,17 +248,17 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
                 speculating = current
             elif isinstance(action, CommitTurn):
                 assert action.turn_id == speculating == current
-                speculating, live, audible = None, current, False
+                speculating, live, audible_at = None, current, None
                 runs[current] = runs.get(current, 0) + 1
             elif isinstance(action, StartTurn):
                 assert speculating is None and live is None and action.turn_id == current
-                live, audible = current, False
+                live, audible_at = current, None
                 runs[current] = runs.get(current, 0) + 1
             elif isinstance(action, AbandonTurn):
                 if action.turn_id == speculating:
                     speculating = None
                 else:  # a decided turn, resumed before its reply was heard
-                    assert action.turn_id == live and not audible
+                    assert action.turn_id == live  # SpeechResumed follows, checked above
                     runs[live] -= 1
                     live = None
             elif isinstance(action, CancelTurn):
@@ -268,13 +273,15 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
 
     for kind, ms in ops:
         if kind == "tone":
+            fed_ms += ms
             check(feed(session, tone(ms)))
         elif kind == "silence":
+            fed_ms += ms
             check(feed(session, silence(ms)))
         elif kind == "audible":
-            if live is not None:
+            if live is not None and audible_at is None:
                 session.reply_audible(live)
-                audible = True
+                audible_at = fed_ms - fed_ms % FRAME_MS
         elif kind == "cancel":
             check(session.cancel())
         elif live is not None:  # finished
