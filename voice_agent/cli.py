@@ -34,6 +34,7 @@ def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {
         "server": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         "llm": {"engines": getattr(args, "llm", None)},
+        "wake": {"phrase": getattr(args, "wake", None)},
     }
     return load_config(args.config, overrides=overrides)
 
@@ -218,11 +219,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --- entry point ------------------------------------------------------------------------
 
 
+WAKE_HELP = ("answer only after this wake phrase (then follow-ups for wake.follow_up_s): "
+             "okay_nabu, hey_jarvis, hey_mycroft, alexa")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"voice-agent {__version__}")
     parser.add_argument("--mic", action="store_true", help="talk to it through the sound device")
     parser.add_argument("--config", help="TOML settings file")
+    parser.add_argument("--wake", metavar="NAME", help=WAKE_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
 
@@ -237,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "llama_cpp:FILE.gguf, transformers:default, "
                             "openai:http://HOST:PORT/v1#MODEL")
 
+    def wake_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wake", metavar="NAME", default=argparse.SUPPRESS, help=WAKE_HELP)
+
     p = command("serve", "run the WebSocket endpoint")
+    wake_option(p)
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks one)")
     llm_option(p)
@@ -267,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_say)
 
     p = command("mic", "talk to it through the sound device (same as --mic)")
+    wake_option(p)
     llm_option(p)
     p.set_defaults(func=cmd_mic)
 

@@ -441,6 +441,40 @@ class AuditConfig:
 
 
 @dataclass
+class WakeConfig:
+    """A wake phrase (issue 9): until it is heard no audio reaches ASR or the LLM and nothing
+    is answered; after an answer the person may go on without it for ``follow_up_s``.
+    Detector settings by measurement (``benchmarks/wake.py``)."""
+
+    phrase: str = ""
+    """``okay_nabu``, ``hey_jarvis``, ``hey_mycroft`` or ``alexa`` (the microWakeWord models
+    in the ``pymicro-wakeword`` wheel; "Okay Nabu" is accepted too). Empty: no wake phrase,
+    every utterance is answered."""
+    follow_up_s: float = 8.0
+    """After an answer ends, how long the person may speak again without the phrase (0: the
+    phrase before every utterance)."""
+    probability_cutoff: float = 0.0
+    """A detection needs the model's probability, averaged over ``sliding_window`` outputs
+    (30 ms apart), above this. 0: the model's own tuned cutoff (okay_nabu 0.85, hey_jarvis
+    0.97, hey_mycroft 0.95, alexa 0.9); higher rejects more and misses more."""
+    sliding_window: int = 0
+    """Model outputs averaged for a decision; 0: the model's own (5, i.e. 150 ms)."""
+    refractory_s: float = 2.0
+    """After a detection, further ones are ignored this long: one phrase, one detection."""
+
+    def validate(self) -> None:
+        if self.phrase:
+            from voice_agent.audio.wake import check_phrase
+
+            check_phrase(self.phrase)  # ConfigError listing the valid names
+        _check(0 <= self.follow_up_s <= 600, "wake.follow_up_s must be 0..600")
+        _check(self.probability_cutoff == 0 or 0.5 <= self.probability_cutoff < 1,
+               "wake.probability_cutoff must be 0 (the model's) or 0.5..<1")
+        _check(0 <= self.sliding_window <= 50, "wake.sliding_window must be 0..50")
+        _check(0 <= self.refractory_s <= 30, "wake.refractory_s must be 0..30")
+
+
+@dataclass
 class ModelsConfig:
     manifest: str = ""
     """Path of a user model manifest (TOML, same format as the shipped one); its entries are
@@ -477,6 +511,8 @@ class Config:
     """Model manifest."""
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The audit log of turns."""
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    """The wake phrase gating input."""
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

@@ -30,6 +30,8 @@ from voice_agent.errors import ConfigError, ModelError
 if TYPE_CHECKING:
     from pymicro_wakeword import MicroWakeWord
 
+    from voice_agent.config import WakeConfig
+
 RATE = 16_000
 FRAME_SAMPLES = 160
 """The detector's step: 10 ms at 16 kHz (the feature frontend's hop)."""
@@ -237,3 +239,12 @@ def load_wake_detector(name: str, *, probability_cutoff: float = 0.0, sliding_wi
     0 for the cutoff or the window takes the model's tuned value (:data:`DEFAULT_TUNING`)."""
     return MicroWakeDetector(name, probability_cutoff=probability_cutoff,
                              sliding_window=sliding_window, refractory_s=refractory_s)
+
+
+def wake_detector(config: WakeConfig) -> MicroWakeDetector | None:
+    """The detector ``[wake]`` asks for, or None when no phrase is set."""
+    if not config.phrase:
+        return None
+    return load_wake_detector(config.phrase, probability_cutoff=config.probability_cutoff,
+                              sliding_window=config.sliding_window,
+                              refractory_s=config.refractory_s)
