@@ -169,13 +169,11 @@ class MicroWakeDetector:
                 self.detected_at = consumed
         return detected
 
-    def probabilities(self, audio: Int16Array) -> list[float]:
-        """Raw model outputs (one per ``stride`` frames) for ``audio`` from a fresh state,
-        nothing decided (what the benchmark replays through :class:`WakeDecision`)."""
-        self.reset()
-        out = [probability for _, probability in self._steps(audio)]
-        self.reset()
-        return out
+    def model_outputs(self, audio: Int16Array) -> list[tuple[int, float]]:
+        """The raw model outputs ``audio`` completes, continuing the stream, nothing decided:
+        (stream samples consumed, probability), one per ``stride`` frames (what
+        ``benchmarks/wake.py`` replays through :class:`WakeDecision`)."""
+        return list(self._steps(audio))
 
     def _steps(self, audio: Int16Array) -> Iterator[tuple[int, float]]:
         """(stream samples consumed, raw probability) for each model call ``audio`` completes."""
