@@ -109,11 +109,11 @@ class WakeDecision:
         self.mean = 0.0
 
     def step(self, probability: float) -> bool:
-        self._recent.append(probability)
-        if self._quiet > 0:
+        if self._quiet > 0:  # after a detection: ignored, and the window refills after it
             self._quiet -= 1
             self.mean = 0.0
             return False
+        self._recent.append(probability)
         if len(self._recent) < self.window:
             self.mean = 0.0
             return False
