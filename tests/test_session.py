@@ -9,13 +9,16 @@ from hypothesis import strategies as st
 
 from voice_agent.audio.frontend import PassthroughFrontend
 from voice_agent.audio.pcm import Int16Array
-from voice_agent.config import VadConfig
+from voice_agent.config import BargeInConfig, VadConfig
 from voice_agent.errors import AudioFormatError
 from voice_agent.server.protocol import SpeechStarted, SpeechStopped, TurnDone
 from voice_agent.session import (
     Action,
     CancelTurn,
     Close,
+    CheckBurst,
+    PauseReply,
+    ResumeReply,
     Emit,
     Session,
     StartTurn,
@@ -36,11 +39,12 @@ def tone(ms: int, rate: int = 16000, freq: float = 300.0, amplitude: int = 8000)
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes()
 
 
-def make_session(rate: int = 16000, *, barge_in: bool = True, **vad: object) -> Session:
+def make_session(rate: int = 16000, *, barge_in: bool = True,
+                 barge_in_config: BargeInConfig | None = None, **vad: object) -> Session:
     vad_config = VadConfig(**vad)  # type: ignore[arg-type]
     vad_config.validate()
     return Session(vad_config=vad_config, frontend=PassthroughFrontend(), vad=EnergyVad(),
-                   input_rate=rate, barge_in=barge_in)
+                   input_rate=rate, barge_in=barge_in, barge_in_config=barge_in_config)
 
 
 def feed(session: Session, pcm: bytes, chunk_ms: int = 20, rate: int = 16000) -> list[Action]:
@@ -133,19 +137,22 @@ def test_too_short_speech_returns_to_listening_and_ends_its_turn_empty() -> None
 # --- barge-in and cancel ---------------------------------------------------------------
 
 
-def test_speech_while_responding_cancels_the_turn() -> None:
+def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
     session = make_session(barge_in=True)
     speak_one_turn(session)
     assert session.active_turn == 1
     actions = feed(session, tone(300))
     assert len(actions) == 2
-    assert actions[0] == CancelTurn(1, "barge_in")
+    assert actions[0] == PauseReply(1)  # silent at once; an interruption once it goes on
     started = actions[1]
     assert isinstance(started, Emit) and isinstance(started.event, SpeechStarted)
     assert started.event.turn_id == 2
     assert started.event.audio_ms == pytest.approx(2100, abs=20)
     assert session.active_turn is None
     assert session.state is State.USER_SPEAKING
+    # barge_in.confirm_ms (700) of speech from its start: whatever it says, a turn.
+    assert feed(session, tone(300)) == []
+    assert feed(session, tone(200)) == [CancelTurn(1, "barge_in")]
     actions = feed(session, silence(600))
     turn = next(a for a in actions if isinstance(a, StartTurn))
     assert turn.turn_id == 2
@@ -330,6 +337,7 @@ operations = st.lists(
         audio_op, audio_op, audio_op, audio_op, audio_op,
         st.tuples(st.just("cancel")),
         st.tuples(st.just("finished"), st.integers(0, 6)),
+        st.tuples(st.just("burst"), st.booleans()),  # a CheckBurst's answer
     ),
     min_size=10,
     max_size=50,
@@ -349,16 +357,18 @@ def test_any_operation_sequence_keeps_turns_consistent(
     session = make_session(rate, barge_in=barge_in, start_speech_ms=30, end_silence_ms=100,
                            pre_roll_ms=50, min_utterance_ms=50, max_utterance_s=1.0)
     live: int | None = None  # the turn the actions say is running
+    paused: int | None = None  # the turn whose reply the actions say is paused
+    checking: list[int] = []  # bursts sent to be judged
     started: list[int] = []
     last_speech_started = 0
     ended = closed = False
 
     def check(actions: list[Action], source: str) -> None:
-        nonlocal live, last_speech_started, closed
+        nonlocal live, paused, last_speech_started, closed
         for action in actions:
             assert not closed, "an action after Close"
             if isinstance(action, Emit) and isinstance(action.event, SpeechStarted):
-                assert live is None, "new speech while a reply runs must cancel it first"
+                assert live is None, "new speech while a reply runs must pause it first"
                 assert action.event.turn_id == last_speech_started + 1
                 last_speech_started = action.event.turn_id
             elif isinstance(action, StartTurn):
@@ -369,20 +379,34 @@ def test_any_operation_sequence_keeps_turns_consistent(
                 started.append(action.turn_id)
                 live = action.turn_id
             elif isinstance(action, CancelTurn):
-                assert action.turn_id == live
+                assert action.turn_id in (live, paused)
                 # Only speech (with barge-in on) or the client's cancel stop a turn.
                 assert action.reason == ("client" if source == "cancel" else "barge_in")
                 assert barge_in or source == "cancel"
-                live = None
+                if action.turn_id == paused:
+                    paused = None
+                else:
+                    live = None
+            elif isinstance(action, PauseReply):
+                assert barge_in and action.turn_id == live and paused is None
+                paused, live = live, None
+            elif isinstance(action, ResumeReply):
+                assert action.turn_id == paused and live is None
+                live, paused = paused, None
+            elif isinstance(action, CheckBurst):
+                assert action.paused_turn == paused
+                checking.append(action.turn_id)
             elif isinstance(action, Close):
-                assert ended and live is None
+                assert ended and live is None and paused is None
                 closed = True
         assert session.active_turn == live
 
     def finish(turn_id: int) -> None:
-        nonlocal live
+        nonlocal live, paused
         if turn_id == live:
             live = None  # the connection reports the end of the running turn
+        if turn_id == paused:
+            paused = None
         check(session.turn_finished(turn_id), "finished")
 
     ops = [*ops[:end_at], ("end",), *ops[end_at:]]
@@ -402,6 +426,9 @@ def test_any_operation_sequence_keeps_turns_consistent(
         elif op[0] == "finished":
             assert isinstance(op[1], int)
             finish(op[1])
+        elif op[0] == "burst":
+            if checking:
+                check(session.burst_heard(checking.pop(), bool(op[1]), "yeah"), "burst")
         else:
             ended = True
             check(session.end(), "end")
@@ -410,6 +437,8 @@ def test_any_operation_sequence_keeps_turns_consistent(
     # Ending and reporting every started turn always closes the session, exactly once.
     ended = True
     check(session.end(), "end")
+    if paused is not None:
+        finish(paused)
     for turn_id in started:
         finish(turn_id)
     assert closed

@@ -21,10 +21,13 @@ from voice_agent.session import (
     AbandonTurn,
     Action,
     CancelTurn,
+    CheckBurst,
     Close,
     CommitTurn,
     Emit,
     JudgeTurn,
+    PauseReply,
+    ResumeReply,
     Session,
     Speculate,
     StartTurn,
@@ -148,7 +151,9 @@ def test_speech_after_the_reply_was_heard_is_a_barge_in() -> None:
     feed(session, silence(200) + tone(600) + silence(320))
     session.reply_audible(1)
     actions = feed(session, silence(300) + tone(200))
-    assert kinds(actions) == ["CancelTurn", "SpeechStarted"]
+    assert kinds(actions) == ["PauseReply", "SpeechStarted"]  # silent at once
+    actions = feed(session, tone(500))  # barge_in.confirm_ms of speech: an interruption
+    assert kinds(actions) == ["CancelTurn"]
     assert isinstance(actions[0], CancelTurn) and actions[0].reason == "barge_in"
 
 
@@ -163,7 +168,7 @@ def test_speech_the_moment_the_reply_starts_still_resumes() -> None:
 def test_resume_window_zero_keeps_todays_behaviour() -> None:
     session = make(LengthJudge(finished_after_ms=0), speculate=False, resume_window_ms=0)
     feed(session, silence(200) + tone(600) + silence(320))
-    assert kinds(feed(session, silence(100) + tone(200))) == ["CancelTurn", "SpeechStarted"]
+    assert kinds(feed(session, silence(100) + tone(200))) == ["PauseReply", "SpeechStarted"]
 
 
 def test_partials_come_while_speaking_only() -> None:
@@ -218,6 +223,8 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
     session = make(LengthJudge(finished_after_ms), barge_in=barge_in, speculate=speculate,
                    resume_window_ms=resume_window_ms, partial_interval_ms=300)
     live: int | None = None  # the decided turn whose reply runs
+    paused: int | None = None  # the decided turn whose reply a burst paused
+    paused_audible_at: int | None = None
     speculating: int | None = None
     current = 0  # the turn id of the open (or last) utterance
     audible_at: int | None = None  # stream time (ms) when the live turn's reply went out
@@ -226,7 +233,7 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
     closed = False
 
     def check(actions: list[Action]) -> None:
-        nonlocal live, speculating, current, audible_at, closed
+        nonlocal live, speculating, current, audible_at, closed, paused, paused_audible_at
         for action in actions:
             assert not closed
             event_ = action.event if isinstance(action, Emit) else None
@@ -262,9 +269,21 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
                     runs[live] -= 1
                     live = None
             elif isinstance(action, CancelTurn):
-                assert action.turn_id == live
-                live = None
+                assert action.turn_id in (live, paused)
+                if action.turn_id == live:
+                    live = None
+                else:
+                    paused = None
+            elif isinstance(action, PauseReply):
+                assert barge_in and action.turn_id == live and paused is None
+                paused, paused_audible_at, live = live, audible_at, None
+            elif isinstance(action, ResumeReply):
+                assert action.turn_id == paused and live is None
+                live, audible_at, paused = paused, paused_audible_at, None
+            elif isinstance(action, CheckBurst):
+                assert action.paused_turn == paused
             elif isinstance(action, Close):
+                assert live is None and paused is None
                 closed = True
             elif isinstance(action, Transcribe):
                 assert action.turn_id == current and live is None  # while speaking only
@@ -287,9 +306,15 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
         elif live is not None:  # finished
             turn, live = live, None
             check(session.turn_finished(turn))
+        elif paused is not None:  # a paused reply's run ended (an engine error, say)
+            turn, paused = paused, None
+            check(session.turn_finished(turn))
     check(session.end())
-    if live is not None:
-        turn, live = live, None
-        check(session.turn_finished(turn))
+    for _ in range(3):  # a paused turn's end may decide a held burst, which starts one
+        for turn in (paused, live):
+            if turn is not None:
+                paused = None if turn == paused else paused
+                live = None if turn == live else live
+                check(session.turn_finished(turn))
     assert closed and speculating is None
     event(f"resumed: {sum(1 for n in runs.values() if n == 0) > 0}")

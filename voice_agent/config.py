@@ -32,6 +32,11 @@ class FrontendConfig:
     """WebRTC AGC target in -dBFS (0 disables AGC). Off by default: it moved WER by at most one
     word in 130 in the same measurement (Whisper normalises level itself), and a gain that
     follows the talker also follows the appliance's own echo."""
+    echo_cancellation: bool = True
+    """Cancel the appliance's own voice from the input (WebRTC AEC3 via ``livekit``, before
+    noise suppression), with what it plays as the reference: full duplex on open speakers,
+    the person can interrupt it. Off: the frontend ignores the reference (headsets, line-level
+    input; ``--mic`` then mutes the microphone while it speaks)."""
 
     def validate(self) -> None:
         _check(0 <= self.noise_suppression <= 4, "frontend.noise_suppression must be 0..4")
@@ -115,6 +120,54 @@ class TurnConfig:
         _check(0 <= self.reply_heard_after_ms <= 2000, "turn.reply_heard_after_ms must be 0..2000")
         _check(self.partial_interval_ms == 0 or 200 <= self.partial_interval_ms <= 10_000,
                "turn.partial_interval_ms must be 0 (off) or 200..10000")
+
+
+@dataclass
+class PlaybackConfig:
+    """How the reply is paced to the person's loudspeaker (issue 9).
+
+    The server sends the reply at most ``lead_ms`` ahead of where playback is, so it always
+    knows what has been heard. Playback is where the client's last ``playback`` report put
+    it, moved on in real time since; a client that never reports is taken to play what it
+    gets as it gets it, so the server's own pacing is the clock."""
+
+    lead_ms: int = 300
+    """How far ahead of the playback position reply audio is sent: enough to ride out
+    network jitter, small enough that a barge-in leaves little buffered. 0 sends the reply as
+    fast as it is made (a client that only records it); then nothing tells what was heard
+    and the whole reply counts as played once sent."""
+
+    def validate(self) -> None:
+        _check(self.lead_ms == 0 or 60 <= self.lead_ms <= 10_000,
+               "playback.lead_ms must be 0 (unpaced) or 60..10000")
+
+
+@dataclass
+class BargeInConfig:
+    """Speech over the reply (issue 9). It pauses the reply at once; the pause becomes an
+    interruption (the reply is cancelled, history keeps what was heard) or the reply resumes
+    where it stopped when the sound was a cough, a "mm-hm", or the appliance's own echo."""
+
+    enabled: bool = True
+    """Listen while replying. Off: half-duplex, input is ignored while the reply plays (a
+    loudspeaker with no echo cancellation)."""
+    confirm_ms: int = 700
+    """Speech lasting this long over the reply interrupts it whatever it says; a shorter
+    burst is transcribed first, and a backchannel, a noise or an echo resumes the reply."""
+    backchannels: list[str] = field(default_factory=lambda: [
+        "yeah", "yes", "yep", "yup", "uh-huh", "mm-hmm", "mm-hm", "mhm", "mm", "hmm", "okay",
+        "ok", "right", "sure", "i see", "got it", "alright", "all right", "oh", "ah", "uh",
+        "um", "wow", "nice", "cool", "great", "really", "true", "exactly", "indeed"])
+    """Words that over the reply mean "go on", not "stop" (compared case- and
+    punctuation-free; a burst made only of these resumes the reply)."""
+    resume_after_ms: int = 2500
+    """A paused reply whose burst has not been decided this long after it began resumes (a
+    transcription that never came back must not leave the reply stuck)."""
+
+    def validate(self) -> None:
+        _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
+        _check(self.confirm_ms <= self.resume_after_ms <= 30_000,
+               "barge_in.resume_after_ms must be confirm_ms..30000")
 
 
 @dataclass
@@ -497,6 +550,10 @@ class Config:
     """Voice activity detection and endpointing."""
     turn: TurnConfig = field(default_factory=TurnConfig)
     """End of turn, speculation during pauses, resumed speech."""
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    """Pacing the reply to the loudspeaker, and what was heard."""
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    """Speech over the reply: pause, interrupt or resume."""
     asr: AsrConfig = field(default_factory=AsrConfig)
     """Speech recognition."""
     llm: LlmConfig = field(default_factory=LlmConfig)

@@ -17,6 +17,12 @@ with no ``turn_done`` (the turn goes on: the person is still speaking). An aband
 model runs are counted and reported in the turn's eventual ``turn_done``
 (``discarded_llm_runs``). The session is told when a turn's reply audio first goes out
 (it can be heard from then on) and, before its ``turn_done`` is sent, that it has ended.
+
+The reply (issue 9) goes out through one :class:`~voice_agent.reply_pump.ReplyPump` per
+session, paced to the loudspeaker; what it sends is the echo canceller's reference
+(``Session.reference``). Speech over the reply pauses it (``PauseReply``); a short burst is
+transcribed (``CheckBurst``), and a backchannel, a noise or the reply's own echo resumes it
+(``ResumeReply``), anything else interrupts it (``CancelTurn``, ``reply_interrupted``).
 """
 
 from __future__ import annotations
@@ -29,17 +35,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from voice_agent.audio.pcm import Int16Array
-from voice_agent.output import TurnOutput
-from voice_agent.server.protocol import ServerEvent, TurnDone
+from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, StreamResampler, bytes_to_int16
+from voice_agent.barge_in import BurstJudge
+from voice_agent.output import ReplyPlayback, TurnOutput
+from voice_agent.playback import PlaybackClock
+from voice_agent.reply_pump import ReplyPump
+from voice_agent.server.protocol import (
+    ReplyInterrupted,
+    ReplyPaused,
+    ReplyResumed,
+    ServerEvent,
+    TurnDone,
+)
 from voice_agent.session import (
     AbandonTurn,
     Action,
     CancelTurn,
+    CheckBurst,
     Close,
     CommitTurn,
     Emit,
     JudgeTurn,
+    PauseReply,
+    ResumeReply,
     Session,
     Speculate,
     StartTurn,
@@ -55,7 +73,8 @@ class Runner(Protocol):
     also when cancelled; may raise only when the output itself fails."""
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
-                  out: TurnOutput, *, speculation: Speculation | None = None) -> TurnDone: ...
+                  out: TurnOutput, *, speculation: Speculation | None = None,
+                  playback: ReplyPlayback | None = None) -> TurnDone: ...
 
     async def partial_transcript(self, audio: Int16Array) -> str: ...
 
@@ -78,23 +97,6 @@ class _Running:
     """Thrown away unheard: it ends with no ``turn_done`` (the turn itself goes on)."""
 
 
-class _Audible:
-    """Passes a turn's output on, and says when its first reply audio goes out."""
-
-    def __init__(self, out: TurnOutput, on_first_audio: Callable[[], None]) -> None:
-        self._out = out
-        self._on_first_audio: Callable[[], None] | None = on_first_audio
-
-    async def event(self, event: ServerEvent) -> None:
-        await self._out.event(event)
-
-    async def audio(self, pcm: bytes) -> None:
-        if self._on_first_audio is not None:
-            self._on_first_audio()
-            self._on_first_audio = None
-        await self._out.audio(pcm)
-
-
 class SessionDriver:
     def __init__(
         self,
@@ -104,14 +106,27 @@ class SessionDriver:
         on_close: Callable[[str], Awaitable[None]],
         *,
         on_turn_done: Callable[[TurnDone], None] | None = None,
+        clock: PlaybackClock | None = None,
+        echo_reference: bool = True,
+        burst_judge: BurstJudge | None = None,
     ) -> None:
         """``on_turn_done`` is told every turn's terminal event exactly once, whether or not
-        the output could still take it (metrics and the audit log record it there)."""
+        the output could still take it (metrics and the audit log record it there).
+        ``clock``: the reply's pacing (default: unpaced). ``echo_reference``: the audio sent
+        is the session's echo reference (off where the sound device gives it: ``--mic``).
+        ``burst_judge``: what a short burst over the reply is (default: the built-in
+        backchannel words)."""
         self.session = session
         self._on_turn_done = on_turn_done
         self.runner = runner
         self._out = out
         self._on_close = on_close
+        self.clock = clock or PlaybackClock(PIPELINE_RATE, lead_ms=0)
+        self.pump = ReplyPump(out, self.clock, on_sent=self._on_sent)
+        self._reference = (StreamResampler(self.clock.rate, PIPELINE_RATE)
+                           if echo_reference else None)
+        self._burst_judge = burst_judge or BurstJudge()
+        self._burst: asyncio.Task[None] | None = None
         self._turns: dict[int, _Running] = {}
         self._discarded: dict[int, int] = {}
         """Speculative model runs thrown away, by turn, until the turn's end reports them."""
@@ -148,7 +163,20 @@ class SessionDriver:
                 self._judge = asyncio.create_task(self._judge_turn(action),
                                                   name=f"judge-{action.turn_id}")
             elif isinstance(action, CancelTurn):
-                self._cancel(action.turn_id, action.reason)
+                await self._cancel(action.turn_id, action.reason)
+            elif isinstance(action, PauseReply):
+                await self._emit(ReplyPaused(turn_id=action.turn_id,
+                                             audio_samples=self.pump.pause(action.turn_id)))
+            elif isinstance(action, ResumeReply):
+                await self._emit(ReplyResumed(turn_id=action.turn_id,
+                                              audio_samples=self.pump.played_samples(
+                                                  action.turn_id)))
+                self.pump.resume(action.turn_id)
+            elif isinstance(action, CheckBurst):
+                if self._burst is not None:
+                    self._burst.cancel()
+                self._burst = asyncio.create_task(self._check_burst(action),
+                                                  name=f"burst-{action.turn_id}")
             elif isinstance(action, Close):
                 await self._on_close(action.reason)
 
@@ -163,10 +191,9 @@ class SessionDriver:
         if action.turn_id in self._turns:  # a session bug; never two ends for one turn
             log.error("turn %d started twice; ignored", action.turn_id)
             return
-        turn_id = action.turn_id
-        out = _Audible(self._out, lambda: self.session.reply_audible(turn_id))
         # A decided turn gets one too (holding nothing): it may still be abandoned unheard.
-        running = _Running(Speculation(out, decided=not isinstance(action, Speculate)))
+        running = _Running(Speculation(self.pump.output(action.turn_id),
+                                       decided=not isinstance(action, Speculate)))
         self._turns[action.turn_id] = running
         self._idle.clear()
         running.task = asyncio.create_task(self._turn(action, running),
@@ -191,6 +218,7 @@ class SessionDriver:
             return
         running.abandoned = True
         running.speculation.abandon()
+        self.pump.forget(turn_id)  # the client drops it too (speech_resumed)
         self._discarded[turn_id] = self._discarded.get(turn_id, 0) + running.speculation.llm_runs
         if running.runner is not None:
             running.runner.cancel()
@@ -227,14 +255,46 @@ class SessionDriver:
             return
         await self.execute(self.session.partial(action.turn_id, text, action.audio_ms))
 
-    def _cancel(self, turn_id: int, reason: str) -> None:
+    async def _cancel(self, turn_id: int, reason: str) -> None:
         running = self._turns.get(turn_id)
         if running is None or running.cancel_reason is not None:
             return
         running.cancel_reason = reason
+        audible = self.pump.audible(turn_id)
+        stopped_at = self.pump.stop(turn_id)  # no more of it goes out, from now
         if running.runner is not None:
             running.runner.cancel()
         # Not started yet: _turn sees cancel_reason and ends the turn without running it.
+        if audible and reason != "stop":
+            await self._emit(ReplyInterrupted(turn_id=turn_id, audio_samples=stopped_at,
+                                              reason=reason))
+
+    def played(self, turn_id: int, samples: int) -> None:
+        """The client's ``playback`` report: it has played ``samples`` of the turn's reply."""
+        self.pump.report(turn_id, samples)
+
+    def _on_sent(self, turn_id: int, pcm: bytes, delay_s: float) -> None:
+        """Reply audio went out: from now it can be heard, and it is what the echo
+        canceller must expect back in the microphone."""
+        self.session.reply_audible(turn_id)
+        if self._reference is not None:
+            samples = self._reference.process(bytes_to_int16(pcm))
+            self.session.reference(samples, round(delay_s * 1000))
+
+    async def _check_burst(self, action: CheckBurst) -> None:
+        """Transcribe a short burst over the paused reply and tell the session what it was."""
+        try:
+            text = await self.runner.partial_transcript(action.audio)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # unknown: speech it was, so the person gets the turn
+            log.warning("transcribing a burst over the reply failed: %r", exc)
+            text = None
+        real = text is None or self._burst_judge.is_turn(
+            text, self.pump.reply_text(action.paused_turn))
+        log.debug("burst over turn %d's reply: %r -> %s", action.paused_turn, text,
+                  "a turn" if real else "not a turn")
+        await self.execute(self.session.burst_heard(action.turn_id, real, text or ""))
 
     async def _turn(self, action: StartTurn | Speculate, running: _Running) -> None:
         turn_id = action.turn_id
@@ -244,11 +304,13 @@ class SessionDriver:
                     and not self._output_failed):
                 running.runner = asyncio.create_task(self.runner.run(
                     turn_id, action.audio, action.endpoint_wait_ms, running.speculation.out,
-                    speculation=running.speculation))
+                    speculation=running.speculation, playback=self.pump.output(turn_id)))
                 done = await self._result(turn_id, running.runner)
             if running.abandoned:
                 return  # no end: the person went on speaking, and the turn with them
             await running.speculation.out.settled()
+            with contextlib.suppress(Exception):  # a failed output: the end goes anyway
+                await self.pump.finished(turn_id)  # the end comes after the reply
         except asyncio.CancelledError:
             # Someone cancelled the driver's own task (the loop is shutting down): stop the
             # engines' work and record the end; there is no time left to deliver it.
@@ -298,6 +360,7 @@ class SessionDriver:
     def _forget(self, turn_id: int, running: _Running) -> None:
         if self._turns.get(turn_id) is running:  # not a later run of the same turn
             del self._turns[turn_id]
+            self.pump.forget(turn_id)
         if not self._turns:
             self._idle.set()
 
@@ -310,12 +373,13 @@ class SessionDriver:
     async def stop(self) -> None:
         """Cancel every running turn and wait until each has ended (and reported its
         ``turn_done``, if the output still takes it): connection gone, or shutdown."""
-        for helper in (self._judge, self._partial):
+        for helper in (self._judge, self._partial, self._burst):
             if helper is not None:
                 helper.cancel()
         running = list(self._turns.items())
         for turn_id, _ in running:
-            self._cancel(turn_id, "stop")
+            await self._cancel(turn_id, "stop")
         tasks = [entry.task for _, entry in running if entry.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pump.close()

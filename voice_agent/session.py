@@ -19,6 +19,16 @@ abandons that work (:class:`AbandonTurn`, nothing reaches the client); the end c
 reply can have been heard, continues the same turn: its reply is abandoned unheard, the
 client gets ``speech_resumed``, and the whole utterance is answered once.
 
+Speech over the reply (issue 9, ``[barge_in]``) pauses it at once (:class:`PauseReply`).
+Speech going on for ``barge_in.confirm_ms`` interrupts it (:class:`CancelTurn`); a burst that
+stops sooner is transcribed (:class:`CheckBurst`) and either interrupts it or, for a cough, a
+"mm-hm" or the reply's own echo, resumes it (:class:`ResumeReply`; the burst's ``turn_done``
+says ``backchannel``). The echo canceller's reference (what the appliance plays) comes in
+through :meth:`Session.reference`, placed on the input's timeline.
+
+With a wake phrase (``[wake]``) nothing is listened to until it is heard; after it, and after
+each answer, speech is taken for ``wake.follow_up_s``.
+
 ``end`` from the client moves to ENDING: the open utterance is finished, its reply runs to
 completion, then the session closes normally.
 """
@@ -40,6 +50,7 @@ from voice_agent.audio.pcm import (
     StreamResampler,
     bytes_to_int16,
 )
+from voice_agent.audio.reference import EchoTimeline
 from voice_agent.audio.vad import (
     Endpointer,
     EndpointEvent,
@@ -49,7 +60,8 @@ from voice_agent.audio.vad import (
     SpeechStart,
     VoiceDetector,
 )
-from voice_agent.config import TurnConfig, VadConfig
+from voice_agent.audio.wake import WakeDetector
+from voice_agent.config import BargeInConfig, TurnConfig, VadConfig
 from voice_agent.server.protocol import (
     ErrorEvent,
     ServerEvent,
@@ -58,6 +70,7 @@ from voice_agent.server.protocol import (
     SpeechStopped,
     TranscriptPartial,
     TurnDone,
+    WakeEvent,
 )
 
 FIXED_SILENCE = TurnConfig(endpoint="silence", speculate=False, resume_window_ms=0,
@@ -142,12 +155,39 @@ class CancelTurn:
 
 
 @dataclass(frozen=True)
+class PauseReply:
+    """Sound began over the turn's reply: hold it where it is (``reply_paused``)."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class ResumeReply:
+    """The sound over the reply was not a turn: play on from where it paused."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class CheckBurst:
+    """Transcribe the short burst heard over ``paused_turn``'s reply and tell the session
+    whether it is a turn (:meth:`Session.burst_heard`)."""
+
+    turn_id: int
+    paused_turn: int
+    audio: Int16Array = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Close:
     reason: str
 
 
 Action = (Emit | StartTurn | Speculate | JudgeTurn | CommitTurn | AbandonTurn | Transcribe
-          | CancelTurn | Close)
+          | CancelTurn | PauseReply | ResumeReply | CheckBurst | Close)
+
+REFERENCE_AHEAD_S = 30
+"""How far ahead of the input reply audio may be placed as the echo reference."""
 
 
 class Session:
@@ -169,12 +209,17 @@ class Session:
         turn_gate: Callable[[], bool] | None = None,
         turn_config: TurnConfig = FIXED_SILENCE,
         judge_pauses: bool = False,
+        barge_in_config: BargeInConfig | None = None,
+        wake: WakeDetector | None = None,
+        wake_follow_up_ms: int = 8000,
     ) -> None:
         """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
         refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
         once, and is not answered. ``judge_pauses``: an end-of-turn model is there to ask
         (``JudgeTurn``) when ``turn.endpoint`` is ``smart``; without one the fixed
-        ``vad.end_silence_ms`` decides."""
+        ``vad.end_silence_ms`` decides. ``wake``: the wake phrase detector (None: always
+        listening); ``wake_follow_up_ms``: how long speech is taken after the phrase and
+        after each answer."""
         self.state = State.LISTENING
         self._turn_gate = turn_gate
         self.barge_in = barge_in
@@ -203,6 +248,20 @@ class Session:
         self._audible_at_ms: int | None = None
         """Stream time at which the active turn's reply audio started going out."""
         self._partial_at_ms = 0
+        self._barge = barge_in_config or BargeInConfig()
+        self._paused: int | None = None
+        """The turn whose reply is paused by a burst of sound not yet judged."""
+        self._burst_at_ms = 0
+        self._held_end: SpeechEnd | None = None
+        """A burst that ended before it was judged: a turn if :meth:`burst_heard` says so."""
+        self._held_pause: SpeechPause | None = None
+        self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
+        self._stream_samples = 0
+        """Input samples (16 kHz) framed so far: the echo reference's timeline."""
+        self._wake = wake
+        self._wake_follow_up_ms = wake_follow_up_ms
+        self._awake_until_ms: int | None = None
+        """Speech is taken until then (None: the wake phrase has not been heard)."""
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -241,18 +300,60 @@ class Session:
         return (self.state is State.RESPONDING and not self.barge_in
                 and (self._audible_at_ms is not None or not self._turn.resume_window_ms))
 
+    def reference(self, samples: Int16Array, delay_ms: int = 0) -> None:
+        """What the appliance plays (16 kHz), starting ``delay_ms`` after the input received
+        so far: the echo canceller's reference for the input frames it will be heard in."""
+        start = self._stream_samples + self._framer.pending + delay_ms * PIPELINE_RATE // 1000
+        self._echo.place(start, samples)
+
     def _frame(self, frame: Int16Array) -> list[Action]:
+        reference = self._echo.take(self._stream_samples, frame.size)
+        self._stream_samples += frame.size
         if self.muted or self._deaf():
             self.dropped["muted" if self.muted else "responding"] += frame.size
             self._endpointer.skip()  # keep stream time (audio_ms) counting the dropped audio
             return []
         self.processed_samples += frame.size
+        self._frontend.feed_reference(reference)
         cleaned = self._frontend.process(frame)
+        if self._wake is not None and self._asleep():
+            return self._listen_for_wake(cleaned)
         speech = self._vad.is_speech(cleaned)
         events = self._endpointer.push(cleaned, speech)
         actions = [a for event in events for a in self._on_endpoint(event)]
         if speech and self.state is State.USER_SPEAKING:
             actions.extend(self._maybe_partial())
+            if (self._paused is not None
+                    and self._endpointer.now_ms - self._burst_at_ms >= self._barge.confirm_ms):
+                actions.extend(self._burst_is_turn())
+        elif (self._paused is not None
+              and self._endpointer.now_ms - self._burst_at_ms >= self._barge.resume_after_ms):
+            actions.extend(self.burst_heard(self._turn_id, False, ""))  # never judged: resume
+        return actions
+
+    def _asleep(self) -> bool:
+        """Waiting for the wake phrase: nobody is speaking or being answered, and the
+        follow-up window (if any) is over."""
+        if self.state is not State.LISTENING or self._active_turn is not None:
+            return False
+        now_ms = self._endpointer.now_ms
+        return self._awake_until_ms is None or now_ms > self._awake_until_ms
+
+    def _listen_for_wake(self, cleaned: Int16Array) -> list[Action]:
+        assert self._wake is not None  # noqa: S101 - only called with a detector
+        actions: list[Action] = []
+        now_ms = self._endpointer.now_ms
+        if self._awake_until_ms is not None:  # the follow-up window just ran out
+            self._awake_until_ms = None
+            self._wake.reset()
+            actions.append(Emit(WakeEvent(state="asleep", phrase=self._wake.phrase,
+                                          audio_ms=now_ms)))
+        self._endpointer.skip()  # not listened to: no audio reaches ASR before the phrase
+        if self._wake.process(cleaned):
+            self._awake_until_ms = now_ms + self._wake_follow_up_ms
+            self._endpointer.reset()  # the phrase itself is not part of what is asked
+            actions.append(Emit(WakeEvent(state="awake", phrase=self._wake.phrase,
+                                          audio_ms=now_ms)))
         return actions
 
     def _maybe_partial(self) -> list[Action]:
@@ -268,7 +369,7 @@ class Session:
         if isinstance(event, SpeechPause):
             return self._on_pause(event)
         if isinstance(event, SpeechContinued):
-            self._pause_at_ms = None
+            self._pause_at_ms, self._held_pause = None, None
             return self._stop_speculating()
         if isinstance(event, SpeechEnd):
             return self._on_end(event)
@@ -278,23 +379,30 @@ class Session:
         actions = self._stop_speculating()
         if self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
-        return [*actions, Emit(TurnDone.unrun(self._turn_id, "empty"))]
+        actions.append(Emit(TurnDone.unrun(self._turn_id, "empty")))
+        if self._paused is not None:  # a click or a knock over the reply: play on
+            actions.extend(self._resume_reply())
+        return actions
 
     def _on_start(self, event: SpeechStart) -> list[Action]:
         actions: list[Action] = []
+        if self._held_end is not None:  # a burst not yet judged, and they speak on: a turn
+            actions.extend(self._burst_is_turn())
         self._partial_at_ms = event.at_ms
         if self._active_turn is not None:
             if self._reply_unheard(event.at_ms) and self._endpointer.resume():
                 turn_id, self._active_turn = self._active_turn, None
                 if self.state is not State.ENDING:
                     self.state = State.USER_SPEAKING
-                return [AbandonTurn(turn_id),
+                return [*actions, AbandonTurn(turn_id),
                         Emit(SpeechResumed(turn_id=turn_id, audio_ms=event.at_ms))]
             if not self.barge_in:  # half-duplex: a reply is coming; this speech is not heard
                 self._endpointer.reset()
-                return []
-            actions.append(CancelTurn(self._active_turn, "barge_in"))
-            self._active_turn = None
+                return actions
+            # Stop talking at once; whether it is an interruption is decided on what follows.
+            self._paused, self._active_turn = self._active_turn, None
+            self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
+            actions.append(PauseReply(self._paused))
         self._turn_id += 1
         if self.state is not State.ENDING:
             self.state = State.USER_SPEAKING
@@ -315,6 +423,9 @@ class Session:
     def _on_pause(self, event: SpeechPause) -> list[Action]:
         actions: list[Action] = []
         self._pause_at_ms = event.at_ms
+        if self._paused is not None:  # a burst over the reply stopped: what was it?
+            self._held_pause = event
+            return [CheckBurst(self._turn_id, self._paused, event.audio)]
         if self._turn.speculate:
             self._speculating = self._turn_id
             actions.append(Speculate(self._turn_id, event.audio,
@@ -340,7 +451,43 @@ class Session:
         turn_id, self._speculating = self._speculating, None
         return [AbandonTurn(turn_id)]
 
+    def burst_heard(self, turn_id: int, is_turn: bool, text: str) -> list[Action]:
+        """What :class:`CheckBurst` found. A turn: the paused reply is interrupted and the
+        utterance goes on as any other. Not a turn: the reply resumes, and the burst ends
+        with a ``backchannel`` ``turn_done`` carrying its words."""
+        if turn_id != self._turn_id or self._paused is None:
+            return []
+        if is_turn:
+            return self._burst_is_turn()
+        self._endpointer.reset()
+        self._pause_at_ms, self._held_end, self._held_pause = None, None, None
+        done = TurnDone(turn_id=turn_id, status="backchannel", transcript=text, reply_text="",
+                        engine="", audio_samples=0)
+        return [Emit(done), *self._resume_reply()]
+
+    def _burst_is_turn(self) -> list[Action]:
+        assert self._paused is not None  # noqa: S101 - only while a reply is paused
+        actions: list[Action] = [CancelTurn(self._paused, "barge_in")]
+        self._paused = None
+        held_end, held_pause = self._held_end, self._held_pause
+        self._held_end = self._held_pause = None
+        if held_end is not None:
+            actions.extend(self._on_end(held_end))
+        elif held_pause is not None and self._pause_at_ms == held_pause.at_ms:
+            actions.extend(self._on_pause(held_pause))  # still pausing: judge it, answer it
+        return actions
+
+    def _resume_reply(self) -> list[Action]:
+        assert self._paused is not None  # noqa: S101 - only while a reply is paused
+        self._active_turn, self._paused = self._paused, None
+        if self.state in (State.LISTENING, State.USER_SPEAKING):
+            self.state = State.RESPONDING
+        return [ResumeReply(self._active_turn)]
+
     def _on_end(self, event: SpeechEnd) -> list[Action]:
+        if self._paused is not None:  # a burst over the reply ended: judge it first
+            self._held_end = event
+            return [CheckBurst(self._turn_id, self._paused, event.audio)]
         self._pause_at_ms = None
         actions: list[Action] = [Emit(SpeechStopped(
             turn_id=self._turn_id,
@@ -387,6 +534,9 @@ class Session:
 
     def cancel(self) -> list[Action]:
         """The client asked to stop the current reply."""
+        if self._paused is not None:
+            paused, self._paused = self._paused, None
+            return [CancelTurn(paused, "client")]
         if self._active_turn is None:
             return []
         turn, self._active_turn = self._active_turn, None
@@ -396,11 +546,19 @@ class Session:
 
     def turn_finished(self, turn_id: int) -> list[Action]:
         """The owner is about to send the turn's terminal event: it can no longer resume."""
+        actions: list[Action] = []
         if turn_id == self._active_turn:
             self._active_turn = None
             if self.state is State.RESPONDING:
                 self.state = State.LISTENING
-        return self._maybe_close()
+        if turn_id == self._paused:  # it ended while paused: the burst is just an utterance
+            self._paused = None
+            held_end, self._held_end, self._held_pause = self._held_end, None, None
+            if held_end is not None:
+                actions.extend(self._on_end(held_end))
+        if self._wake is not None and self._awake_until_ms is not None:
+            self._awake_until_ms = self._endpointer.now_ms + self._wake_follow_up_ms
+        return actions + self._maybe_close()
 
     def end(self) -> list[Action]:
         """No more input: flush the resampler and any open utterance, then close when the
@@ -420,7 +578,7 @@ class Session:
         return actions + self._maybe_close()
 
     def _maybe_close(self) -> list[Action]:
-        if self.state is State.ENDING and self._active_turn is None:
+        if self.state is State.ENDING and self._active_turn is None and self._paused is None:
             self.state = State.CLOSED
             return [Close("end")]
         return []

@@ -20,6 +20,7 @@ from voice_agent.audio.pcm import Int16Array, StreamResampler
 from voice_agent.config import Config
 from voice_agent.engines import Engines
 from voice_agent.llm.text import ends_sentence
+from voice_agent.playback import SpokenSpan
 from voice_agent.server.protocol import ReplyText
 from voice_agent.turn_state import TurnState
 
@@ -64,6 +65,7 @@ class Speaker:
             streaming = not turn.reply or mid_sentence
             mid_sentence = not ends_sentence(sentence)
             held: list[Int16Array] = []
+            starts_at = turn.audio_samples
             if streaming:
                 await self._show(turn, sentence)
             synth_started = time.perf_counter()
@@ -87,9 +89,10 @@ class Speaker:
                     turn.reply_full = True
                     continue
                 await self._show(turn, sentence)
+                starts_at = turn.audio_samples
                 for chunk in held:
                     await self._send_audio(turn, resampler.process(chunk), frame)
-            turn.spoken.append(sentence)
+            turn.spoken.append(SpokenSpan(sentence, starts_at, turn.audio_samples))
         await self._send_audio(turn, resampler.flush(), frame)
 
     def _synthesize(

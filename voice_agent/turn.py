@@ -27,7 +27,8 @@ from voice_agent.llm.base import ChatMessage, LlmEngine
 from voice_agent.llm.conversation import Conversation
 from voice_agent.llm.scheduler import Priority
 from voice_agent.llm.text import ReasoningFilter, SentenceChunker, SpanFilter
-from voice_agent.output import TurnOutput
+from voice_agent.output import ReplyPlayback, TurnOutput
+from voice_agent.playback import heard_text
 from voice_agent.prompt import ECHO_INSIDE, ECHO_MARKERS, system_prompt, tag_note
 from voice_agent.server.protocol import (
     EmotionEvent,
@@ -70,13 +71,15 @@ class TurnRunner:
 
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
-        *, speculation: Speculation | None = None,
+        *, speculation: Speculation | None = None, playback: ReplyPlayback | None = None,
     ) -> TurnDone:
         """Run the turn; returns its terminal event (also when cancelled or failed).
 
         With ``speculation`` the turn starts before it is decided: its output goes to the
         speculation's held output, and the run ends only once the turn is committed (it is
-        cancelled if it never is)."""
+        cancelled if it never is). With ``playback`` the run ends once the reply has been
+        played, and the conversation keeps only what was (cut at the last word played when
+        the turn is cancelled midway: a barge-in)."""
         turn = TurnState(turn_id, speculation.out if speculation else out, speculation=speculation,
                      chunker=self._chunker())
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
@@ -89,6 +92,9 @@ class TurnRunner:
                     turn.timings["speculated_ms"] = round(
                         speculation.endpoint_wait_ms - endpoint_wait_ms, 1)
                     turn.timings["endpoint_wait_ms"] = float(speculation.endpoint_wait_ms)
+                await speculation.out.settled()
+            if playback is not None:
+                await playback.finished()
             if not turn.transcript:
                 status = "empty"
             elif turn.error is not None:
@@ -109,14 +115,15 @@ class TurnRunner:
             except Exception as send_exc:  # the output itself failed: the turn ends anyway
                 log.debug("turn %d: could not report its error: %r", turn_id, send_exc)
         abandoned = speculation is not None and speculation.abandoned
+        played = turn.audio_samples if playback is None else playback.played_samples()
+        heard = heard_text(turn.spoken, played)
         if turn.transcript and not abandoned:  # an abandoned run leaves the carry-over be
-            if status == "cancelled" and not turn.audio_samples:
+            if status == "cancelled" and not played:
                 self._unanswered = turn.transcript  # never heard: carried into the next turn
             else:
                 self._unanswered = ""  # the model was asked about it
                 if turn.answer_started:
-                    self.conversation.add(turn.transcript, " ".join(turn.spoken),
-                                          note=turn.note)
+                    self.conversation.add(turn.transcript, heard, note=turn.note)
         turn.mark("total_ms")
         return TurnDone(
             turn_id=turn_id,
@@ -127,6 +134,7 @@ class TurnRunner:
             audio_samples=turn.audio_samples,
             timings_ms=turn.timings,
             fallbacks=turn.fallbacks,
+            heard_text=heard,
         )
 
     async def _run(self, turn: TurnState, audio: Int16Array) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from voice_agent.errors import EngineTruncated, VoiceAgentError
 from voice_agent.llm.text import SentenceChunker, ends_sentence
 from voice_agent.output import TurnOutput
+from voice_agent.playback import SpokenSpan
 from voice_agent.prompt import may_lead_to_tag, mentions_tag
 from voice_agent.speculation import Speculation
 
@@ -40,7 +41,9 @@ class TurnState:
     """From the LLM to the speaker; None ends it."""
     chunker: SentenceChunker = field(default_factory=SentenceChunker)
     reply: list[str] = field(default_factory=list)
-    spoken: list[str] = field(default_factory=list)
+    spoken: list[SpokenSpan] = field(default_factory=list)
+    """Each chunk spoken, with where its audio lies in the reply (what was heard of it is
+    cut from these)."""
     audio_samples: int = 0
     engine: str = ""
     """The engine whose answer was spoken."""

@@ -58,7 +58,19 @@ class Ping:
     id: str = ""
 
 
-ClientMessage = Start | Cancel | End | Ping
+@dataclass(frozen=True)
+class Playback:
+    """How much of a turn's reply the client has actually played (like OpenAI Realtime's
+    ``audio_end_ms``). Optional: without it the server's own pacing is the playback clock.
+    Send it every 100-500 ms while a reply plays, and once when it stops."""
+
+    type: ClassVar[str] = "playback"
+    turn_id: int
+    audio_samples: int
+    """Samples (at ``output_sample_rate``) of the turn's reply played so far."""
+
+
+ClientMessage = Start | Cancel | End | Ping | Playback
 
 
 # --- server -> client -------------------------------------------------------------------
@@ -190,6 +202,9 @@ class TurnDone:
     discarded_llm_runs: int = 0
     """Speculative model runs started for this turn during a pause and thrown away (the person
     went on speaking, or a committed turn of another session took the model)."""
+    heard_text: str = ""
+    """The reply as far as it was played (cut at a word boundary when interrupted): what the
+    conversation history keeps."""
     seq: int = 0
 
     @classmethod
@@ -198,6 +213,57 @@ class TurnDone:
         (``rate_limited``), or a runner that could not report its own end."""
         return cls(turn_id=turn_id, status=status, transcript="", reply_text="", engine="",
                    audio_samples=0)
+
+
+@dataclass(frozen=True)
+class ReplyPaused:
+    """Speech (or a noise) began over the reply: stop playing it at ``audio_samples`` and drop
+    what is buffered past that point. Either ``reply_resumed`` (it was a cough, a "mm-hm")
+    or ``reply_interrupted`` follows."""
+
+    type: ClassVar[str] = "reply_paused"
+    turn_id: int
+    audio_samples: int
+    """Where to stop: samples of this turn's reply (at ``output_sample_rate``)."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ReplyResumed:
+    """The sound over the reply was not a turn: play on. The reply audio is sent again from
+    ``audio_samples`` (where it was paused)."""
+
+    type: ClassVar[str] = "reply_resumed"
+    turn_id: int
+    audio_samples: int
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ReplyInterrupted:
+    """The reply was stopped (barge-in, or the client's ``cancel``): stop playing at
+    ``audio_samples`` and drop the rest. The turn's ``turn_done`` follows; its ``heard_text``
+    (the reply cut at the last word played) is all the conversation keeps."""
+
+    type: ClassVar[str] = "reply_interrupted"
+    turn_id: int
+    audio_samples: int
+    reason: str
+    """``barge_in`` or ``client``."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class WakeEvent:
+    """The wake phrase gate (``[wake]``): ``awake`` when the phrase was heard (speech is
+    answered from now on), ``asleep`` when the follow-up window ran out."""
+
+    type: ClassVar[str] = "wake"
+    state: str
+    phrase: str
+    audio_ms: int
+    """Stream time of the change."""
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,18 +302,23 @@ ServerEvent = (
     | EmotionEvent
     | ReplyText
     | ReasoningText
+    | ReplyPaused
+    | ReplyResumed
+    | ReplyInterrupted
+    | WakeEvent
     | TurnDone
     | ErrorEvent
     | Pong
     | SessionEnd
 )
 
-CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping)}
+CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping, Playback)}
 SERVER_TYPES: dict[str, type[Any]] = {
     c.type: c
     for c in (Ready, SpeechStarted, SpeechStopped, SpeechResumed, TranscriptPartial,
               TranscriptEvent, EmotionEvent, ReplyText,
-              ReasoningText, TurnDone, ErrorEvent, Pong, SessionEnd)
+              ReasoningText, ReplyPaused, ReplyResumed, ReplyInterrupted, WakeEvent,
+              TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
 _CHECKS: dict[str, Any] = {
