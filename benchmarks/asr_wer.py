@@ -62,7 +62,7 @@ def items(shared: Path, emotion: int) -> list[Item]:
 
 
 def frontend_pass(audio: Int16Array, config: Config) -> Int16Array:
-    frontend = make_frontend(config.frontend.noise_suppression, config.frontend.auto_gain_dbfs)
+    frontend = make_frontend(config.frontend)
     frames = Framer(FRAME_SAMPLES).push(audio)
     return np.concatenate([frontend.process(f) for f in frames])
 

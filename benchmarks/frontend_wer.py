@@ -19,7 +19,7 @@ import numpy as np
 from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
 from voice_agent.audio.pcm import Framer, Int16Array, read_audio
 from voice_agent.bench import load_clips, shared_audio_dir
-from voice_agent.config import load_config
+from voice_agent.config import FrontendConfig, load_config
 from voice_agent.engines import load_asr
 from voice_agent.models import Manifest
 from voice_agent.wer import pooled_word_error_rate
@@ -44,7 +44,8 @@ def mix(speech: Int16Array, noise: Int16Array, snr_db: float, offset: int) -> In
 
 
 def through_frontend(audio: Int16Array, ns: int, agc: int) -> Int16Array:
-    frontend = make_frontend(ns, agc)
+    frontend = make_frontend(FrontendConfig(noise_suppression=ns, auto_gain_dbfs=agc,
+                                            echo_cancellation=False))
     frames = Framer(FRAME_SAMPLES).push(audio)
     return np.concatenate([frontend.process(f) for f in frames])[LEAD_IN:]
 

@@ -132,8 +132,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         audio, _ = read_audio(path)
         if not args.raw:
             # The same frontend the live pipeline uses, so this checks what the service hears.
-            frontend = make_frontend(config.frontend.noise_suppression,
-                                     config.frontend.auto_gain_dbfs)
+            frontend = make_frontend(config.frontend)
             frames = Framer(FRAME_SAMPLES).push(audio)
             audio = np.concatenate([frontend.process(f) for f in frames]) if frames else audio
         text = asr.transcribe(audio).text
@@ -168,7 +167,8 @@ def cmd_mic(args: argparse.Namespace) -> int:
     open_sounddevice()  # fail in one line before spending seconds on loading models
     engines = _load_engines(config)
     try:
-        asyncio.run(run_mic(engines, config))
+        asyncio.run(run_mic(engines, config,
+                            half_duplex=getattr(args, "half_duplex", False)))
     finally:
         engines.close()
     return 0
@@ -221,6 +221,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 WAKE_HELP = ("answer only after this wake phrase (then follow-ups for wake.follow_up_s): "
              "okay_nabu, hey_jarvis, hey_mycroft, alexa")
+HALF_DUPLEX_HELP = ("--mic: mute the microphone while it speaks (no barge-in), for a sound "
+                    "device where echo cancellation does not work")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mic", action="store_true", help="talk to it through the sound device")
     parser.add_argument("--config", help="TOML settings file")
     parser.add_argument("--wake", metavar="NAME", help=WAKE_HELP)
+    parser.add_argument("--half-duplex", action="store_true", help=HALF_DUPLEX_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
 
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("mic", "talk to it through the sound device (same as --mic)")
     wake_option(p)
+    p.add_argument("--half-duplex", action="store_true", default=argparse.SUPPRESS,
+                   help=HALF_DUPLEX_HELP)
     llm_option(p)
     p.set_defaults(func=cmd_mic)
 

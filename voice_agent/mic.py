@@ -1,48 +1,87 @@
 """``voice-agent --mic``: talk to the appliance through the workstation's sound device.
 
-Without echo cancellation an open speaker would make the appliance answer itself, so this
-loop is half-duplex: microphone input is ignored (and counted as dropped) while a reply is
-playing. Where there is no PortAudio library or no sound device, a one-line error says so.
+Full duplex (issue 9) when ``frontend.echo_cancellation`` and ``barge_in.enabled`` are on (the
+defaults): one duplex stream at 16 kHz, 10 ms blocks. Its callback writes the reply to the
+loudspeaker and hands the loop what it captured together with exactly what it wrote; the loop
+gives the written block to the session as the echo reference (``Session.reference(written,
+0)``: it plays while the block captured with it is recorded) and then the captured block. The
+canceller gets the loudspeaker's signal sample for sample in step with the microphone, and the
+person can interrupt the reply by speaking over it.
+
+The reply is paced by the same :class:`~voice_agent.playback.PlaybackClock` as for a
+WebSocket client, and the device is the playback clock: every block reports how much of the
+turn's reply has been written to the device (``driver.played``), so what counts as heard is
+what reached the loudspeaker (give or take the device's output latency, a few tens of ms).
+``reply_paused`` / ``reply_interrupted`` drop what the player has buffered; a resume sends it
+again from where it paused.
+
+``--half-duplex`` (or echo cancellation or barge-in off) keeps the old behaviour: input is
+ignored (counted as dropped, ``muted``) while the reply plays and ``ECHO_TAIL_S`` after.
+
+Where there is no PortAudio library or no sound device, a one-line error says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
-from voice_agent.audio.pcm import PIPELINE_RATE
+from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16
 from voice_agent.audio.vad import make_vad
-from voice_agent.config import Config
+from voice_agent.audio.wake import wake_detector
+from voice_agent.barge_in import BurstJudge
+from voice_agent.config import Config, PlaybackConfig
 from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
 from voice_agent.errors import DeviceError
+from voice_agent.playback import PlaybackClock
 from voice_agent.server.protocol import (
     ErrorEvent,
+    ReplyInterrupted,
+    ReplyPaused,
     ReplyText,
     ServerEvent,
     TranscriptEvent,
     TurnDone,
+    WakeEvent,
 )
 from voice_agent.session import Session
 from voice_agent.turn import TurnRunner
 
 ECHO_TAIL_S = 0.3
-"""Input stays muted this long after playback ends (room reverberation)."""
+"""Half-duplex: input stays muted this long after playback ends (room reverberation)."""
+
+PLAYER_MAX_S = 5.0
+"""Reply audio the player may hold. The pump keeps it near ``playback.lead_ms``; more than
+this is a bug or a stalled device, and what does not fit is dropped and counted."""
+
+DEVICE_TIMEOUT_S = 5.0
+"""A device that delivers no block for this long has gone away (unplugged, suspended)."""
+
+EventHook = Callable[[ServerEvent], None]
 
 
-def open_sounddevice() -> Any:
-    """Import sounddevice and check for input and output devices, or raise DeviceError."""
-    try:
-        import sounddevice
-    except OSError:
-        raise DeviceError(
-            "no PortAudio library found (install it: apt-get install libportaudio2)"
-        ) from None
+def open_sounddevice(module: Any = None) -> Any:
+    """Import sounddevice (or take ``module``, a stand-in with the same interface) and check
+    for input and output devices, or raise DeviceError."""
+    sounddevice = module
+    if sounddevice is None:
+        try:
+            import sounddevice as imported
+        except OSError:
+            raise DeviceError(
+                "no PortAudio library found (install it: apt-get install libportaudio2)"
+            ) from None
+        sounddevice = imported
     try:
         sounddevice.query_devices(kind="input")
         sounddevice.query_devices(kind="output")
@@ -51,115 +90,203 @@ def open_sounddevice() -> Any:
     return sounddevice
 
 
+@dataclass(frozen=True)
+class Block:
+    """One device callback's worth: what was captured, and what was played meanwhile."""
+
+    captured: bytes
+    written: bytes
+    """PCM written to the loudspeaker in the same callback (zeros where nothing played)."""
+    played: tuple[int, int] | None
+    """``(turn_id, samples)``: the turn whose reply was written, and how much of it has been
+    written so far; None when no reply audio was written."""
+
+
 class Player:
-    """Plays PCM through an output stream fed from a byte buffer (callback thread)."""
+    """The reply on its way to the loudspeaker: a bounded buffer the device callback reads.
 
-    def __init__(self, sounddevice: Any, rate: int) -> None:
-        self._buffer: collections.deque[bytes] = collections.deque()
-        self._pending = b""
+    Each piece remembers its turn and where it starts in that turn's reply, so the callback
+    can say how much of which reply it has written."""
+
+    def __init__(self, max_samples: int) -> None:
+        self._pieces: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._queued = 0
+        """Bytes in ``_pieces``."""
+        self._max_bytes = 2 * max_samples
         self._lock = threading.Lock()
+        self.dropped_samples = 0
         self.last_played = 0.0
-        self._stream = sounddevice.RawOutputStream(
-            samplerate=rate, channels=1, dtype="int16", callback=self._callback
-        )
+        """``time.monotonic()`` of the last block with reply audio in it."""
 
-    def __enter__(self) -> Player:
-        self._stream.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stream.stop()
-        self._stream.close()
-
-    def play(self, pcm: bytes) -> None:
+    def play(self, turn_id: int, offset: int, pcm: bytes) -> None:
+        """Queue ``pcm`` (16 kHz int16), samples ``offset``… of turn ``turn_id``'s reply."""
         with self._lock:
-            self._buffer.append(pcm)
+            if self._queued + len(pcm) > self._max_bytes:
+                self.dropped_samples += len(pcm) // 2
+                return
+            self._pieces.append((turn_id, offset, pcm))
+            self._queued += len(pcm)
 
-    def stop(self) -> None:
+    def clear(self) -> None:
+        """Drop everything not yet written (the reply paused or was interrupted)."""
         with self._lock:
-            self._buffer.clear()
-            self._pending = b""
+            self._pieces.clear()
+            self._queued = 0
 
     @property
     def busy(self) -> bool:
         with self._lock:
-            queued = bool(self._buffer or self._pending)
+            queued = self._queued > 0
         return queued or time.monotonic() - self.last_played < ECHO_TAIL_S
 
-    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-        need = len(outdata)
+    def read(self, samples: int) -> tuple[bytes, tuple[int, int] | None]:
+        """The next ``samples`` to write (zero-padded) and ``(turn_id, written so far)`` of
+        the last reply they came from. Called from the device's thread."""
+        need = 2 * samples
+        out = bytearray()
+        played: tuple[int, int] | None = None
         with self._lock:
-            data = self._pending
-            while len(data) < need and self._buffer:
-                data += self._buffer.popleft()
-            chunk, self._pending = data[:need], data[need:]
-        if chunk:
+            while len(out) < need and self._pieces:
+                turn_id, offset, pcm = self._pieces[0]
+                take = pcm[: need - len(out)]
+                out += take
+                self._queued -= len(take)
+                played = (turn_id, offset + len(take) // 2)
+                if len(take) < len(pcm):
+                    self._pieces[0] = (turn_id, offset + len(take) // 2, pcm[len(take):])
+                else:
+                    self._pieces.popleft()
+        if played is not None:
             self.last_played = time.monotonic()
-        outdata[: len(chunk)] = chunk
-        outdata[len(chunk):] = b"\x00" * (need - len(chunk))
+        out += bytes(need - len(out))
+        return bytes(out), played
 
 
 class TerminalOutput:
-    """Prints the conversation and plays the reply."""
+    """Prints the conversation and hands the reply to the player.
 
-    def __init__(self, player: Player) -> None:
+    The pump hands audio over at the clock's position (``clock.turn_id``, ``clock.sent`` are
+    where this piece starts in which reply), so each piece is queued with its place."""
+
+    def __init__(self, player: Player, clock: PlaybackClock,
+                 on_event: EventHook | None = None) -> None:
         self._player = player
+        self._clock = clock
+        self._on_event = on_event
 
     async def event(self, event: ServerEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        if isinstance(event, ReplyPaused | ReplyInterrupted):
+            self._player.clear()  # stop now; a resume sends it again from the pause
         if isinstance(event, TranscriptEvent) and event.text:
             print(f"\nyou: {event.text}\nassistant: ", end="", flush=True)
         elif isinstance(event, ReplyText):
             print(event.delta, end="", flush=True)
+        elif isinstance(event, ReplyInterrupted):
+            print(" [interrupted]", end="", flush=True)
         elif isinstance(event, TurnDone) and event.status == "cancelled":
-            self._player.stop()
+            self._player.clear()
+        elif isinstance(event, WakeEvent):
+            line = ("[awake: listening]" if event.state == "awake"
+                    else f"[asleep: say '{event.phrase}']")
+            print(f"\n{line}", flush=True)
         elif isinstance(event, ErrorEvent):
             print(f"\n[error {event.code}] {event.message}", file=sys.stderr, flush=True)
 
     async def audio(self, pcm: bytes) -> None:
-        self._player.play(pcm)
+        self._player.play(self._clock.turn_id or 0, self._clock.sent, pcm)
 
 
-async def run_mic(engines: Engines, config: Config) -> None:
-    sounddevice = open_sounddevice()
+def is_full_duplex(config: Config, *, half_duplex: bool = False) -> bool:
+    """Full duplex needs the echo canceller and barge-in; ``--half-duplex`` turns it off."""
+    return (not half_duplex and config.frontend.echo_cancellation
+            and config.barge_in.enabled)
+
+
+async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any = None,
+                  stop: asyncio.Event | None = None, half_duplex: bool = False,
+                  on_event: EventHook | None = None) -> dict[str, int]:
+    """Talk through the sound device until ``stop`` is set (or forever: Ctrl-C).
+
+    ``sounddevice_module``: a stand-in for the ``sounddevice`` module (a simulated device);
+    ``on_event``: told every event before it is printed. Returns the input statistics
+    (samples processed, dropped by reason, reply samples the player dropped)."""
+    sounddevice = open_sounddevice(sounddevice_module)
     loop = asyncio.get_running_loop()
-    frames: asyncio.Queue[bytes] = asyncio.Queue(maxsize=config.server.input_queue_frames)
+    duplex = is_full_duplex(config, half_duplex=half_duplex)
+    # Half-duplex never feeds a reference: no canceller to pay for.
+    frontend_config = (config.frontend if duplex
+                       else dataclasses.replace(config.frontend, echo_cancellation=False))
     session = Session(
         vad_config=config.vad,
-        frontend=make_frontend(config.frontend.noise_suppression, config.frontend.auto_gain_dbfs),
+        frontend=make_frontend(frontend_config),
         vad=make_vad(config.vad),
         input_rate=PIPELINE_RATE,
-        barge_in=False,
+        barge_in=duplex,
+        barge_in_config=config.barge_in,
         turn_config=config.turn,
         judge_pauses=engines.turn_end is not None,
+        wake=wake_detector(config.wake),
+        wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
     )
+    # A loudspeaker always plays in real time: lead_ms = 0 (unpaced, for recording clients)
+    # would queue the whole reply in the player, beyond a barge-in's reach.
+    clock = PlaybackClock(PIPELINE_RATE,
+                          lead_ms=config.playback.lead_ms or PlaybackConfig().lead_ms)
+    player = Player(round(PLAYER_MAX_S * PIPELINE_RATE))
+    blocks: asyncio.Queue[Block] = asyncio.Queue(maxsize=config.server.input_queue_frames)
 
-    def offer(data: bytes) -> None:
+    def offer(block: Block) -> None:
         try:
-            frames.put_nowait(data)
+            blocks.put_nowait(block)
         except asyncio.QueueFull:
-            session.dropped["queue_full"] += len(data) // 2
+            session.drop(block.captured, "queue_full")
 
-    def on_input(indata: Any, count: int, time_info: Any, status: Any) -> None:
-        loop.call_soon_threadsafe(offer, bytes(indata))
+    def on_block(indata: Any, outdata: Any, count: int, time_info: Any, status: Any) -> None:
+        written, played = player.read(count)
+        outdata[:] = written
+        # RuntimeError: the loop has closed, the stream is being torn down.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(offer, Block(bytes(indata), written, played))
 
     async def on_close(reason: str) -> None:
         return None
 
-    with Player(sounddevice, engines.tts.sample_rate) as player:
-        runner = TurnRunner(engines, config, engines.tts.sample_rate)
-        driver = SessionDriver(session, runner, TerminalOutput(player), on_close)
-        stream = sounddevice.RawInputStream(
-            samplerate=PIPELINE_RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES,
-            callback=on_input,
-        )
-        print("voice-agent: listening on the microphone (Ctrl-C stops)", file=sys.stderr)
-        probes = asyncio.create_task(engines.llm.probe_forever())
-        with stream:
-            try:
-                while True:
-                    data = await frames.get()
+    # The reply is made at 16 kHz, so what is written to the device is the reference as is.
+    runner = TurnRunner(engines, config, PIPELINE_RATE)
+    driver = SessionDriver(
+        session, runner, TerminalOutput(player, clock, on_event), on_close, clock=clock,
+        echo_reference=False, burst_judge=BurstJudge(config.barge_in.backchannels))
+    stream = sounddevice.RawStream(
+        samplerate=PIPELINE_RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES,
+        latency="low", callback=on_block,
+    )
+    mode = ("full duplex: speak over it to interrupt" if duplex
+            else "half-duplex: the microphone is muted while it speaks")
+    print(f"voice-agent: listening on the microphone ({mode}; Ctrl-C stops)", file=sys.stderr)
+    probes = asyncio.create_task(engines.llm.probe_forever())
+    with stream:
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    block = await asyncio.wait_for(blocks.get(), DEVICE_TIMEOUT_S)
+                except TimeoutError:
+                    raise DeviceError(
+                        f"the sound device delivered no audio for {DEVICE_TIMEOUT_S:g} s"
+                    ) from None
+                if duplex:
+                    if block.played is not None:
+                        session.reference(bytes_to_int16(block.written), 0)
+                else:
                     session.muted = player.busy
-                    await driver.execute(session.audio(data))
-            finally:
-                probes.cancel()
-                await driver.stop()
+                if block.played is not None:
+                    driver.played(*block.played)
+                await driver.execute(session.audio(block.captured))
+        finally:
+            probes.cancel()
+            await driver.stop()
+    stats = session.input_stats()
+    if player.dropped_samples:
+        stats["dropped_player_full"] = player.dropped_samples
+    return stats

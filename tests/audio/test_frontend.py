@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from voice_agent.audio.aec import EchoCancellingFrontend
 from voice_agent.audio.frontend import (
     FRAME_SAMPLES,
     PassthroughFrontend,
@@ -12,12 +13,24 @@ from voice_agent.audio.frontend import (
     make_frontend,
 )
 from voice_agent.audio.pcm import rms_dbfs
+from voice_agent.config import FrontendConfig
+
+
+def _frontend(ns: int, agc: int, aec: bool = False) -> object:
+    return make_frontend(FrontendConfig(noise_suppression=ns, auto_gain_dbfs=agc,
+                                        echo_cancellation=aec))
 
 
 def test_make_frontend_picks_passthrough_only_when_everything_is_off() -> None:
-    assert isinstance(make_frontend(0, 0), PassthroughFrontend)
-    assert isinstance(make_frontend(2, 0), WebRtcFrontend)
-    assert isinstance(make_frontend(0, 3), WebRtcFrontend)
+    assert isinstance(_frontend(0, 0), PassthroughFrontend)
+    assert isinstance(_frontend(2, 0), WebRtcFrontend)
+    assert isinstance(_frontend(0, 3), WebRtcFrontend)
+
+
+def test_make_frontend_cancels_echo_by_default() -> None:
+    assert FrontendConfig().echo_cancellation
+    assert isinstance(make_frontend(FrontendConfig()), EchoCancellingFrontend)
+    assert isinstance(_frontend(0, 0, aec=True), EchoCancellingFrontend)
 
 
 def test_passthrough_returns_the_frame() -> None:

@@ -8,11 +8,14 @@ an AEC frontend (WebRTC AEC3) uses it so people can interrupt the appliance whil
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array
+
+if TYPE_CHECKING:
+    from voice_agent.config import FrontendConfig
 
 FRAME_SAMPLES = PIPELINE_RATE // 100
 """10 ms at 16 kHz: the frame size every frontend and the VAD use."""
@@ -60,7 +63,15 @@ class WebRtcFrontend:
         return None
 
 
-def make_frontend(noise_suppression: int, auto_gain_dbfs: int) -> Frontend:
-    if noise_suppression == 0 and auto_gain_dbfs == 0:
+def make_frontend(config: FrontendConfig) -> Frontend:
+    """A new frontend for one session: AEC3 then NS/AGC when ``echo_cancellation`` is on,
+    else NS/AGC alone, else nothing."""
+    if config.echo_cancellation:
+        from voice_agent.audio.aec import EchoCancellingFrontend
+
+        return EchoCancellingFrontend(noise_suppression=config.noise_suppression,
+                                      auto_gain_dbfs=config.auto_gain_dbfs)
+    if config.noise_suppression == 0 and config.auto_gain_dbfs == 0:
         return PassthroughFrontend()
-    return WebRtcFrontend(noise_suppression=noise_suppression, auto_gain_dbfs=auto_gain_dbfs)
+    return WebRtcFrontend(noise_suppression=config.noise_suppression,
+                          auto_gain_dbfs=config.auto_gain_dbfs)

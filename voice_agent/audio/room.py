@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from voice_agent.audio.frontend import Frontend
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, read_audio
 
 FloatArray = npt.NDArray[np.float64]
@@ -77,7 +78,8 @@ def echo_path(reply: npt.ArrayLike, rir: npt.ArrayLike, delay_samples: int) -> F
     h = trim_rir(rir)
     if x.size == 0:
         return np.zeros(max(0, delay_samples))
-    wet = np.convolve(x, h)[: x.size]
+    size = 1 << int(x.size + h.size - 1).bit_length()  # FFT convolution: RIRs are long
+    wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)[: x.size]
     return np.concatenate([np.zeros(max(0, delay_samples)), wet])
 
 
@@ -162,3 +164,30 @@ def load_noises(shared_audio: Path) -> dict[str, FloatArray]:
     """``noise/*.wav`` of the shared audio, by stem (``noise1``...)."""
     return {path.stem: read_audio(path)[0].astype(np.float64)
             for path in sorted((shared_audio / "noise").glob("*.wav"))}
+
+
+def run_frontend(frontend: Frontend, mic: Int16Array, reference: Int16Array) -> Int16Array:
+    """``mic`` through ``frontend`` 10 ms at a time, each frame's reference fed first (as the
+    session does); a last partial frame is dropped."""
+    frames = min(mic.size, reference.size) // LEVEL_FRAME
+    out = np.zeros(frames * LEVEL_FRAME, dtype=np.int16)
+    for i in range(frames):
+        span = slice(i * LEVEL_FRAME, (i + 1) * LEVEL_FRAME)
+        frontend.feed_reference(reference[span])
+        out[span] = frontend.process(mic[span])
+    return out
+
+
+def erle_db(mic: npt.ArrayLike, out: npt.ArrayLike, start: int = 0) -> float:
+    """Echo return loss enhancement of echo-only input: the power taken out, in dB, from
+    sample ``start`` on (after the canceller has converged). Capped at 100 dB (silence)."""
+    d = np.asarray(mic, dtype=np.float64).reshape(-1)
+    e = np.asarray(out, dtype=np.float64).reshape(-1)
+    n = min(d.size, e.size)
+    power_in = float(np.sum(d[start:n] ** 2))
+    power_out = float(np.sum(e[start:n] ** 2))
+    if power_in <= 0.0:
+        return 0.0
+    if power_out <= power_in * 1e-10:
+        return 100.0
+    return 10 * float(np.log10(power_in / power_out))

@@ -23,10 +23,13 @@ from websockets.exceptions import ConnectionClosed
 from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import check_rate
 from voice_agent.audio.vad import make_vad
+from voice_agent.audio.wake import wake_detector
+from voice_agent.barge_in import BurstJudge
 from voice_agent.config import Config
 from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
 from voice_agent.errors import ClientGone, ProtocolError, VoiceAgentError
+from voice_agent.playback import PlaybackClock
 from voice_agent.server.access import AccessPolicy, Credential, request_credential
 from voice_agent.server.limits import InputPacer, SessionSlots, SessionTimer, TurnRate
 from voice_agent.server.observe import Observer, client_host
@@ -36,6 +39,7 @@ from voice_agent.server.protocol import (
     End,
     ErrorEvent,
     Ping,
+    Playback,
     Pong,
     Ready,
     ServerEvent,
@@ -186,17 +190,22 @@ class Connection:
         timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
         session = Session(
             vad_config=config.vad,
-            frontend=make_frontend(config.frontend.noise_suppression,
-                                   config.frontend.auto_gain_dbfs),
+            frontend=make_frontend(config.frontend),
             vad=make_vad(config.vad),
             input_rate=start.sample_rate,
             turn_gate=lambda: turns.allow(clock()),
             turn_config=config.turn,
             judge_pauses=self.engines.turn_end is not None,
+            barge_in=config.barge_in.enabled,
+            barge_in_config=config.barge_in,
+            wake=wake_detector(config.wake),
+            wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
-        self._driver = driver = SessionDriver(session, runner, self, self._close,
-                                              on_turn_done=self._obs.turn_done)
+        self._driver = driver = SessionDriver(
+            session, runner, self, self._close, on_turn_done=self._obs.turn_done,
+            clock=PlaybackClock(output_rate, lead_ms=config.playback.lead_ms),
+            burst_judge=BurstJudge(config.barge_in.backchannels))
         self._obs.opened()
         await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
                                output_sample_rate=output_rate))
@@ -252,6 +261,12 @@ class Connection:
             return session.end()
         if isinstance(message, Ping):
             return [Emit(Pong(id=message.id))]
+        if isinstance(message, Playback):
+            if message.audio_samples < 0:
+                raise ProtocolError("playback.audio_samples must be >= 0", code="bad_field")
+            assert self._driver is not None  # noqa: S101 - only called from _run
+            self._driver.played(message.turn_id, message.audio_samples)
+            return []
         raise ProtocolError(f"unhandled message {message!r}", code="unknown_type")
 
     async def _close(self, reason: str) -> None:
