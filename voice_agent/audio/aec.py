@@ -10,8 +10,9 @@ in step (a client that never reports its playback position) still cancels.
 The chain per capture frame: APM (AEC3 + high-pass, noise suppression off) then the same
 ``webrtc-noise-gain`` NS/AGC as :class:`~voice_agent.audio.frontend.WebRtcFrontend` at
 ``frontend.noise_suppression`` / ``auto_gain_dbfs``. Why not APM's own NS: it has one fixed
-level, and on the echo benchmark (``benchmarks/echo.py``) it was no better for the
-person's words than the level-2 suppressor the project measured before (see the README).
+level, and on the echo benchmark (``benchmarks/echo.py``) it took 0-6 dB more echo out but
+was no better for the person's words over the echo (barge-in WER 64.6/76.2% at +5/+10 dB
+echo against 60.0/85.4%) than the level-2 suppressor measured before (see the README).
 """
 
 from __future__ import annotations
