@@ -64,6 +64,11 @@ PLAYER_MAX_S = 5.0
 """Reply audio the player may hold. The pump keeps it near ``playback.lead_ms``; more than
 this is a bug or a stalled device, and what does not fit is dropped and counted."""
 
+QUEUE_S = 2.0
+"""Captured blocks (with what was played meanwhile) waiting for the event loop, in seconds
+of audio: a busy machine stalls the loop now and then, and a dropped block loses the echo
+reference of what was played in it too. Beyond this, blocks are dropped and counted."""
+
 DEVICE_TIMEOUT_S = 5.0
 """A device that delivers no block for this long has gone away (unplugged, suspended)."""
 
@@ -235,7 +240,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
     clock = PlaybackClock(PIPELINE_RATE,
                           lead_ms=config.playback.lead_ms or PlaybackConfig().lead_ms)
     player = Player(round(PLAYER_MAX_S * PIPELINE_RATE))
-    blocks: asyncio.Queue[Block] = asyncio.Queue(maxsize=config.server.input_queue_frames)
+    blocks: asyncio.Queue[Block] = asyncio.Queue(maxsize=round(QUEUE_S * 100))  # 10 ms each
 
     def offer(block: Block) -> None:
         try:
