@@ -315,9 +315,9 @@ async def test_the_echo_reference_is_what_was_played_in_step(
     capture block recorded while it was written: the echo in the microphone is the
     reference DELAY_MS later (a room with no reverberation, so the delay is exact)."""
     import voice_agent.mic
+    from voice_agent.audio.frontend import make_frontend as real
 
     made: list[RecordingFrontend] = []
-    real = voice_agent.mic.make_frontend
 
     def recording(config: Any) -> RecordingFrontend:
         made.append(RecordingFrontend(real(config)))
