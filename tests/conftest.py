@@ -17,8 +17,11 @@ FIXTURES = REPO / "fixtures"
 
 
 def make_config(**overrides: dict[str, object]) -> Config:
-    """Defaults, with a loopback server on a free port."""
-    sections = {"server": {"host": "127.0.0.1", "port": 0}, **overrides}
+    """Defaults, with a loopback server on a free port, and the reply unpaced
+    (``playback.lead_ms = 0``) unless a test asks for pacing: most tests read whole replies
+    and need not wait for them to play in real time."""
+    sections = {"server": {"host": "127.0.0.1", "port": 0}, "playback": {"lead_ms": 0},
+                **overrides}
     sections.setdefault("llm", {})
     sections["llm"] = {"seed": 1234, **sections["llm"]}  # repeatable replies
     return load_config(env={}, overrides=sections)

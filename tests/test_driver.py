@@ -141,8 +141,8 @@ class Harness:
 
 
 def fast_session() -> Session:
-    # Speech over a reply interrupts it after 100 ms, with no burst to judge.
-    return make_session(barge_in_config=BargeInConfig(confirm_ms=100, resume_after_ms=100),
+    # Speech over a reply is judged after 100 ms (the runner hears words: a turn).
+    return make_session(barge_in_config=BargeInConfig(confirm_ms=100, resume_after_ms=5000),
                         start_speech_ms=30, end_silence_ms=100, pre_roll_ms=50,
                         min_utterance_ms=50, max_utterance_s=1.0)
 

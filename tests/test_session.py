@@ -150,9 +150,13 @@ def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
     assert started.event.audio_ms == pytest.approx(2100, abs=20)
     assert session.active_turn is None
     assert session.state is State.USER_SPEAKING
-    # barge_in.confirm_ms (700) of speech from its start: whatever it says, a turn.
+    # barge_in.confirm_ms (700) of speech from its start: its words are checked.
     assert feed(session, tone(300)) == []
-    assert feed(session, tone(200)) == [CancelTurn(1, "barge_in")]
+    check = feed(session, tone(200))
+    assert len(check) == 1 and isinstance(check[0], CheckBurst)
+    assert check[0].turn_id == 2 and check[0].paused_turn == 1
+    assert check[0].audio.size >= 16 * 700
+    assert session.burst_heard(2, True, "wait a moment") == [CancelTurn(1, "barge_in")]
     actions = feed(session, silence(600))
     turn = next(a for a in actions if isinstance(a, StartTurn))
     assert turn.turn_id == 2

@@ -152,7 +152,9 @@ def test_speech_after_the_reply_was_heard_is_a_barge_in() -> None:
     session.reply_audible(1)
     actions = feed(session, silence(300) + tone(200))
     assert kinds(actions) == ["PauseReply", "SpeechStarted"]  # silent at once
-    actions = feed(session, tone(500))  # barge_in.confirm_ms of speech: an interruption
+    actions = feed(session, tone(500))  # barge_in.confirm_ms of speech: what is it?
+    assert kinds(actions) == ["CheckBurst"]
+    actions = session.burst_heard(2, True, "hold on")
     assert kinds(actions) == ["CancelTurn"]
     assert isinstance(actions[0], CancelTurn) and actions[0].reason == "barge_in"
 

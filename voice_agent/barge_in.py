@@ -1,8 +1,9 @@
 """What a short burst of sound over the reply was (issue 9): a turn, or not.
 
-Speech over the reply pauses it at once. A burst that ends before ``barge_in.confirm_ms`` is
-transcribed, and it is *not* a turn when it has no words (a cough, a door, a click), when it
-is made only of backchannel words ("yeah", "mm-hm", "right"), or when its words are all in
+Speech over the reply pauses it at once. The burst is transcribed when it pauses or ends, or
+once it has gone on for ``barge_in.confirm_ms`` (the echo can go on that long too). It is
+*not* a turn when it has no words (a cough, a door, a click), when it is made only of
+backchannel words ("yeah", "mm-hm", "right"), or when its words are all (nearly) words of
 the reply itself: what got past the echo canceller is the appliance's own voice. Then the
 reply resumes where it paused. Anything else is the person taking the turn.
 """
@@ -10,6 +11,7 @@ reply resumes where it paused. Anything else is the person taking the turn.
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 
 from voice_agent.config import BargeInConfig
 
@@ -43,4 +45,18 @@ class BurstJudge:
         words = words_of(burst_text)
         if not words or self.is_backchannel(words):
             return False
-        return not set(words) <= set(words_of(reply_text))  # all in the reply: its echo
+        return not is_echo(words, words_of(reply_text))
+
+
+ECHO_SIMILARITY = 0.6
+"""How alike a heard word and a reply word must be to count as the same: recognition of
+what the canceller leaves of the reply gets words nearly right ("truth" for "true")."""
+
+
+def is_echo(words: list[str], reply_words: list[str]) -> bool:
+    """Whether every heard word is (nearly) a word of the reply: its echo, not a person."""
+    vocabulary = set(reply_words)
+    return bool(vocabulary) and all(
+        word in vocabulary or any(SequenceMatcher(None, word, known).ratio() >= ECHO_SIMILARITY
+                                  for known in vocabulary)
+        for word in words)

@@ -155,17 +155,26 @@ class BargeInConfig:
     """Speech lasting this long over the reply interrupts it whatever it says; a shorter
     burst is transcribed first, and a backchannel, a noise or an echo resumes the reply."""
     backchannels: list[str] = field(default_factory=lambda: [
-        "yeah", "yes", "yep", "yup", "uh-huh", "mm-hmm", "mm-hm", "mhm", "mm", "hmm", "okay",
+        "yeah", "yes", "yep", "yup", "uh-huh", "uh huh", "mm-hmm", "mm hmm", "mm-hm", "mhm",
+        "mhmm", "mm", "hmm", "hm", "huh", "aha", "okay",
         "ok", "right", "sure", "i see", "got it", "alright", "all right", "oh", "ah", "uh",
         "um", "wow", "nice", "cool", "great", "really", "true", "exactly", "indeed"])
     """Words that over the reply mean "go on", not "stop" (compared case- and
     punctuation-free; a burst made only of these resumes the reply)."""
+    level_below_person_db: float = 15.0
+    """While the reply plays, sound counts as speech only if it is at most this far below
+    the person's own speaking level (learned from what they said before): the voice
+    activity detector ignores level, and what is left of the appliance's own voice after
+    echo cancellation is speech-like but far quieter than a person close enough to talk
+    to it."""
     resume_after_ms: int = 2500
     """A paused reply whose burst has not been decided this long after it began resumes (a
     transcription that never came back must not leave the reply stuck)."""
 
     def validate(self) -> None:
         _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
+        _check(0.0 <= self.level_below_person_db <= 60.0,
+               "barge_in.level_below_person_db must be 0..60")
         _check(self.confirm_ms <= self.resume_after_ms <= 30_000,
                "barge_in.resume_after_ms must be confirm_ms..30000")
 

@@ -127,6 +127,8 @@ class SessionDriver:
                            if echo_reference else None)
         self._burst_judge = burst_judge or BurstJudge()
         self._burst: asyncio.Task[None] | None = None
+        self._burst_over: int | None = None
+        """The turn whose paused reply the burst being checked is over."""
         self._turns: dict[int, _Running] = {}
         self._discarded: dict[int, int] = {}
         """Speculative model runs thrown away, by turn, until the turn's end reports them."""
@@ -175,6 +177,7 @@ class SessionDriver:
             elif isinstance(action, CheckBurst):
                 if self._burst is not None:
                     self._burst.cancel()
+                self._burst_over = action.paused_turn
                 self._burst = asyncio.create_task(self._check_burst(action),
                                                   name=f"burst-{action.turn_id}")
             elif isinstance(action, Close):
@@ -260,6 +263,9 @@ class SessionDriver:
         if running is None or running.cancel_reason is not None:
             return
         running.cancel_reason = reason
+        if (self._burst is not None and self._burst_over == turn_id
+                and self._burst is not asyncio.current_task()):
+            self._burst.cancel()  # nothing is paused any more: what the burst was is moot
         audible = self.pump.audible(turn_id)
         stopped_at = self.pump.stop(turn_id)  # no more of it goes out, from now
         if running.runner is not None:

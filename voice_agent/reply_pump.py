@@ -169,25 +169,26 @@ class ReplyPump:
             reply.stopped = True
             self._notify()
 
-    async def finished(self, turn_id: int) -> None:
-        """Wait until everything the turn queued has been sent and played (or stopped)."""
+    async def finished(self, turn_id: int) -> bool:
+        """Wait until everything the turn queued has been sent and played, or it was
+        stopped; True when it was all played."""
         reply = self._replies.get(turn_id)
-        if reply is not None:
-            await self._finished(reply)
+        return await self._finished(reply) if reply is not None else True
 
-    async def _finished(self, reply: _Reply) -> None:
+    async def _finished(self, reply: _Reply) -> bool:
         while not reply.stopped:
             if self.failed is not None:
                 raise self.failed
             if not reply.queued_items and not reply.paused:
                 if reply is not self._current:
-                    return  # no audio: the events went out
+                    return True  # no audio: the events went out
                 remaining = self.clock.remaining_s(self._now())
                 if remaining <= 0:
-                    return
+                    return True
                 await self._wait_changed(remaining)
             else:
                 await self._wait_changed(1.0)
+        return False
 
     async def close(self) -> None:
         if self._task is not None:
@@ -262,5 +263,8 @@ class ReplyOutput:
         return self._pump._played_of(self._reply)
 
     async def finished(self) -> None:
-        """Until the whole reply has been played, or it was stopped."""
-        await self._pump._finished(self._reply)
+        """Until the whole reply has been played. Raises CancelledError when it was stopped
+        first (interrupted): the turn is being cancelled, and a cancel that raced the wake-up
+        must not let it end as if it had been heard whole."""
+        if not await self._pump._finished(self._reply):
+            raise asyncio.CancelledError

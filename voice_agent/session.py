@@ -20,11 +20,11 @@ reply can have been heard, continues the same turn: its reply is abandoned unhea
 client gets ``speech_resumed``, and the whole utterance is answered once.
 
 Speech over the reply (issue 9, ``[barge_in]``) pauses it at once (:class:`PauseReply`).
-Speech going on for ``barge_in.confirm_ms`` interrupts it (:class:`CancelTurn`); a burst that
-stops sooner is transcribed (:class:`CheckBurst`) and either interrupts it or, for a cough, a
-"mm-hm" or the reply's own echo, resumes it (:class:`ResumeReply`; the burst's ``turn_done``
-says ``backchannel``). The echo canceller's reference (what the appliance plays) comes in
-through :meth:`Session.reference`, placed on the input's timeline.
+When the burst pauses, ends, or has gone on for ``barge_in.confirm_ms``, its words are
+checked (:class:`CheckBurst`): words of the person's interrupt it (:class:`CancelTurn`); a
+cough, a "mm-hm" or the reply's own echo resume it (:class:`ResumeReply`; the burst's
+``turn_done`` says ``backchannel``). The echo canceller's reference (what the appliance
+plays) comes in through :meth:`Session.reference`, placed on the input's timeline.
 
 With a wake phrase (``[wake]``) nothing is listened to until it is heard; after it, and after
 each answer, speech is taken for ``wake.follow_up_s``.
@@ -36,6 +36,7 @@ completion, then the session closes normally.
 from __future__ import annotations
 
 import enum
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,6 +189,15 @@ Action = (Emit | StartTurn | Speculate | JudgeTurn | CommitTurn | AbandonTurn | 
 
 REFERENCE_AHEAD_S = 30
 """How far ahead of the input reply audio may be placed as the echo reference."""
+ECHO_TAIL_MS = 300
+"""After the reference goes quiet its echo is still in the room this long (reverberation)."""
+FIRST_PERSON_DBFS = -30.0
+"""The person's level assumed until they have said something outside a reply."""
+
+
+def level_dbfs(frame: Int16Array) -> float:
+    energy = float(np.mean(frame.astype(np.float64) ** 2)) if frame.size else 0.0
+    return 10 * math.log10(max(energy, 1.0) / 32768.0**2)
 
 
 class Session:
@@ -255,9 +265,15 @@ class Session:
         self._held_end: SpeechEnd | None = None
         """A burst that ended before it was judged: a turn if :meth:`burst_heard` says so."""
         self._held_pause: SpeechPause | None = None
+        self._long_burst_checked = False
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
+        self._played_until = -ECHO_TAIL_MS * PIPELINE_RATE // 1000
+        """Input sample just after the last reference frame with sound in it."""
+        self._person_dbfs = FIRST_PERSON_DBFS
+        """The person's speaking level, learned from speech heard while nothing plays."""
+        self.echo_gated_frames = 0
         self._wake = wake
         self._wake_follow_up_ms = wake_follow_up_ms
         self._awake_until_ms: int | None = None
@@ -318,18 +334,41 @@ class Session:
         cleaned = self._frontend.process(frame)
         if self._wake is not None and self._asleep():
             return self._listen_for_wake(cleaned)
-        speech = self._vad.is_speech(cleaned)
+        speech = self._is_speech(cleaned, playing=bool(reference.any()))
         events = self._endpointer.push(cleaned, speech)
         actions = [a for event in events for a in self._on_endpoint(event)]
         if speech and self.state is State.USER_SPEAKING:
             actions.extend(self._maybe_partial())
-            if (self._paused is not None
+            if (self._paused is not None and not self._long_burst_checked
                     and self._endpointer.now_ms - self._burst_at_ms >= self._barge.confirm_ms):
-                actions.extend(self._burst_is_turn())
+                # Long enough to be someone taking the turn, or the reply's own echo that
+                # got through: its words tell.
+                self._long_burst_checked = True
+                actions.append(CheckBurst(self._turn_id, self._paused,
+                                          self._endpointer.utterance_audio()))
         elif (self._paused is not None
               and self._endpointer.now_ms - self._burst_at_ms >= self._barge.resume_after_ms):
             actions.extend(self.burst_heard(self._turn_id, False, ""))  # never judged: resume
         return actions
+
+    def _is_speech(self, cleaned: Int16Array, *, playing: bool) -> bool:
+        """The VAD's answer, except that while the reply plays (and its echo rings on)
+        speech must be near the person's own level: what the echo canceller leaves of the
+        reply is speech-like but quiet (``barge_in.level_below_person_db``)."""
+        if playing:
+            self._played_until = self._stream_samples
+        speech = self._vad.is_speech(cleaned)
+        if not speech:
+            return False
+        level = level_dbfs(cleaned)
+        echo_tail = ECHO_TAIL_MS * PIPELINE_RATE // 1000
+        if self._stream_samples - self._played_until <= echo_tail:
+            if level < self._person_dbfs - self._barge.level_below_person_db:
+                self.echo_gated_frames += 1
+                return False
+        else:  # nothing plays: learn how loud this person speaks (slowly; loud frames)
+            self._person_dbfs += 0.02 * (level - self._person_dbfs)
+        return True
 
     def _asleep(self) -> bool:
         """Waiting for the wake phrase: nobody is speaking or being answered, and the
@@ -386,7 +425,11 @@ class Session:
 
     def _on_start(self, event: SpeechStart) -> list[Action]:
         actions: list[Action] = []
-        if self._held_end is not None:  # a burst not yet judged, and they speak on: a turn
+        if self._held_end is not None and self._paused is not None:
+            # A burst not yet judged, and the sound goes on.
+            if self._endpointer.resume():
+                self._held_end = None  # one burst; its judgement is on the way
+                return []
             actions.extend(self._burst_is_turn())
         self._partial_at_ms = event.at_ms
         if self._active_turn is not None:
@@ -402,6 +445,7 @@ class Session:
             # Stop talking at once; whether it is an interruption is decided on what follows.
             self._paused, self._active_turn = self._active_turn, None
             self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
+            self._long_burst_checked = False
             actions.append(PauseReply(self._paused))
         self._turn_id += 1
         if self.state is not State.ENDING:
@@ -536,7 +580,11 @@ class Session:
         """The client asked to stop the current reply."""
         if self._paused is not None:
             paused, self._paused = self._paused, None
-            return [CancelTurn(paused, "client")]
+            actions: list[Action] = [CancelTurn(paused, "client")]
+            held_end, self._held_end, self._held_pause = self._held_end, None, None
+            if held_end is not None:  # the burst is just an utterance now
+                actions.extend(self._on_end(held_end))
+            return actions
         if self._active_turn is None:
             return []
         turn, self._active_turn = self._active_turn, None

@@ -1,0 +1,139 @@
+"""Speech over the reply, on the real engines and a real socket, in a simulated room: the
+appliance's own voice comes back into the microphone (``voice_agent.room_client``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_config, speech_clips
+from voice_agent.audio.pcm import read_audio
+from voice_agent.audio.room import load_noises, load_rirs
+from voice_agent.barge_in import BurstJudge, words_of
+from voice_agent.bench import shared_audio_dir
+from voice_agent.engines import Engines
+from voice_agent.room_client import Room, RoomClient
+from voice_agent.server.protocol import (
+    ReplyInterrupted,
+    ReplyPaused,
+    ReplyText,
+    ServerEvent,
+    TranscriptEvent,
+    TurnDone,
+)
+from voice_agent.server.ws import VoiceServer
+from voice_agent.wer import word_error_rate
+
+SHARED = shared_audio_dir()
+
+
+# --- what a burst is -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("burst", "reply", "is_turn"), [
+    ("", "Paris is the capital.", False),                   # a cough: no words
+    ("Yeah.", "Paris is the capital.", False),
+    ("Mm-hmm, okay, right.", "Paris is the capital.", False),
+    ("uh huh", "Paris is the capital.", False),
+    ("the capital", "Paris is the capital of France.", False),  # its own echo
+    ("Stop.", "Paris is the capital.", True),
+    ("Wait, what about Lyon?", "Paris is the capital.", True),
+    ("yeah but no", "Paris is the capital.", True),
+])
+def test_a_burst_is_a_turn_unless_noise_backchannel_or_echo(burst: str, reply: str,
+                                                            is_turn: bool) -> None:
+    assert BurstJudge().is_turn(burst, reply) is is_turn
+
+
+def test_backchannels_come_from_the_config() -> None:
+    judge = BurstJudge(["go on"])
+    assert not judge.is_turn("Go on.", "")
+    assert judge.is_turn("yeah", "")
+    assert words_of("Mm-hmm. OK!") == ["mm-hmm", "ok"]
+
+
+# --- the room --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def paced_server(engines: Engines) -> AsyncIterator[VoiceServer]:
+    """The defaults a loudspeaker client gets: echo cancellation, a paced reply."""
+    async with VoiceServer(engines, make_config(playback={"lead_ms": 300})) as running:
+        yield running
+
+
+def room(echo_db: float = 5.0, delay_ms: int = 60) -> Room:
+    assert SHARED is not None
+    return Room(rir=load_rirs(SHARED)["rir1"], delay_ms=delay_ms, echo_db=echo_db,
+                noise=load_noises(SHARED)["noise3"], snr_db=20.0)
+
+
+def is_(kind: type[ServerEvent], turn_id: int | None = None) -> object:
+    return lambda e: isinstance(e, kind) and turn_id in (None, getattr(e, "turn_id", None))
+
+
+def answered(e: ServerEvent) -> bool:
+    """The end of a turn that was answered (not a click or a noise the VAD let through)."""
+    return isinstance(e, TurnDone) and e.status not in ("empty", "backchannel")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (room impulse responses)")
+async def test_its_own_echo_never_interrupts_it_and_a_person_does(
+        paced_server: VoiceServer) -> None:
+    clips = [c for c in speech_clips() if c.path.name.startswith("LJ")]
+    question, interruption = clips[1], clips[2]  # 5 s sentences: they draw a reply
+    url = f"ws://127.0.0.1:{paced_server.port}"
+    async with RoomClient(url, room(echo_db=5.0)) as client:
+        client.say(read_audio(question.path)[0], after_s=0.5)
+        first = (await client.wait_for(answered, 90)).event
+        assert isinstance(first, TurnDone) and first.status == "ok", first
+        assert first.audio_samples > 16000, "a reply long enough to echo"
+        # Its whole reply came back into the microphone at +5 dB, and never stopped it.
+        assert not client.events(ReplyPaused), [h.event for h in client.heard]
+        assert first.heard_text == first.reply_text
+
+        mark = len(client.heard)
+        client.say(read_audio(question.path)[0], after_s=0.3)
+        reply = await client.wait_for(is_(ReplyText), 60, since=mark)
+        turn = reply.event.turn_id  # type: ignore[attr-defined]
+        spoken_at = client.say(read_audio(interruption.path)[0], after_s=1.0)
+        paused = await client.wait_for(is_(ReplyPaused, turn), 20, since=mark)
+        assert paused.at_s - spoken_at < 1.0, (paused.at_s, spoken_at)
+        stopped = await client.wait_for(is_(ReplyInterrupted, turn), 20, since=mark)
+        assert isinstance(stopped.event, ReplyInterrupted)
+        assert stopped.event.reason == "barge_in"
+        done = (await client.wait_for(is_(TurnDone, turn), 20, since=mark)).event
+        assert isinstance(done, TurnDone) and done.status == "cancelled"
+        # History keeps what was heard: the start of what was shown, no more.
+        assert done.reply_text.startswith(done.heard_text)
+        assert len(done.heard_text) < len(done.reply_text)
+        heard = await client.wait_for(
+            lambda e: isinstance(e, TranscriptEvent) and e.turn_id > turn and bool(e.text),
+            30, since=mark)
+        assert isinstance(heard.event, TranscriptEvent)
+        error = word_error_rate(interruption.reference, heard.event.text)
+        assert error <= 0.35, (interruption.reference, heard.event.text)
+        assert reply.at_s < spoken_at
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (noise)")
+async def test_a_knock_over_the_reply_pauses_it_and_it_plays_on(
+        paced_server: VoiceServer) -> None:
+    question = [c for c in speech_clips() if c.path.name.startswith("LJ")][1]
+    url = f"ws://127.0.0.1:{paced_server.port}"
+    async with RoomClient(url, room(echo_db=0.0)) as client:
+        client.say(read_audio(question.path)[0], after_s=0.5)
+        await client.wait_for(is_(ReplyText), 60)
+        # A knock: 80 ms of loud decaying noise, well under any word.
+        rng = np.random.default_rng(3)
+        knock = (rng.standard_normal(1280) * np.exp(-np.arange(1280) / 300) * 12000)
+        client.say(knock.astype(np.int16), after_s=0.8)
+        done = (await client.wait_for(answered, 60)).event
+        assert isinstance(done, TurnDone) and done.status == "ok", done
+        assert not client.events(ReplyInterrupted)
