@@ -151,7 +151,7 @@ def test_speech_after_the_reply_was_heard_is_a_barge_in() -> None:
     feed(session, silence(200) + tone(600) + silence(320))
     session.reply_audible(1)
     actions = feed(session, silence(300) + tone(200))
-    assert kinds(actions) == ["PauseReply", "SpeechStarted"]  # silent at once
+    assert kinds(actions) == ["SpeechStarted", "PauseReply"]  # silent after a blip's worth
     actions = feed(session, tone(500))  # barge_in.confirm_ms of speech: what is it?
     assert kinds(actions) == ["CheckBurst"]
     actions = session.burst_heard(2, True, "hold on")
@@ -170,7 +170,7 @@ def test_speech_the_moment_the_reply_starts_still_resumes() -> None:
 def test_resume_window_zero_keeps_todays_behaviour() -> None:
     session = make(LengthJudge(finished_after_ms=0), speculate=False, resume_window_ms=0)
     feed(session, silence(200) + tone(600) + silence(320))
-    assert kinds(feed(session, silence(100) + tone(200))) == ["PauseReply", "SpeechStarted"]
+    assert kinds(feed(session, silence(100) + tone(200))) == ["SpeechStarted", "PauseReply"]
 
 
 def test_partials_come_while_speaking_only() -> None:
@@ -240,7 +240,10 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
             assert not closed
             event_ = action.event if isinstance(action, Emit) else None
             if isinstance(event_, SpeechStarted):
-                assert live is None and speculating is None
+                if live is not None:  # over the reply: held until it is judged
+                    assert barge_in and paused is None
+                    paused, paused_audible_at, live = live, audible_at, None
+                assert speculating is None
                 assert event_.turn_id == current + 1
                 current = event_.turn_id
             elif isinstance(event_, SpeechResumed):
@@ -277,8 +280,7 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
                 else:
                     paused = None
             elif isinstance(action, PauseReply):
-                assert barge_in and action.turn_id == live and paused is None
-                paused, paused_audible_at, live = live, audible_at, None
+                assert barge_in and action.turn_id == paused and live is None
             elif isinstance(action, ResumeReply):
                 assert action.turn_id == paused and live is None
                 live, audible_at, paused = paused, paused_audible_at, None
@@ -290,6 +292,11 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
             elif isinstance(action, Transcribe):
                 assert action.turn_id == current and live is None  # while speaking only
         assert all(n <= 1 for n in runs.values()), runs
+        if paused is not None and session.active_turn == paused:
+            live, audible_at, paused = paused, paused_audible_at, None  # a blip: plays on
+        if live is not None and session.active_turn is None and barge_in:
+            # A burst over the reply, not announced yet, holds it until it is judged.
+            paused, paused_audible_at, live = live, audible_at, None
         assert session.active_turn == live
 
     for kind, ms in ops:

@@ -161,20 +161,22 @@ class BargeInConfig:
         "um", "wow", "nice", "cool", "great", "really", "true", "exactly", "indeed"])
     """Words that over the reply mean "go on", not "stop" (compared case- and
     punctuation-free; a burst made only of these resumes the reply)."""
-    level_below_person_db: float = 15.0
-    """While the reply plays, sound counts as speech only if it is at most this far below
-    the person's own speaking level (learned from what they said before): the voice
-    activity detector ignores level, and what is left of the appliance's own voice after
-    echo cancellation is speech-like but far quieter than a person close enough to talk
-    to it."""
+    pause_after_ms: int = 150
+    """Speech heard over the reply for this long pauses it. What the echo canceller leaves
+    of the reply comes through in runs mostly shorter than this (``benchmarks/echo.py``),
+    and a person is still stopped within about 200 ms of starting to speak."""
+    min_unexplained: float = 0.5
+    """While the reply plays, a frame counts as speech only when at least this share of its
+    energy is not explained by the reply's own echo (``voice_agent.audio.double_talk``):
+    the voice activity detector ignores level, and the echo is never removed whole."""
     resume_after_ms: int = 2500
     """A paused reply whose burst has not been decided this long after it began resumes (a
     transcription that never came back must not leave the reply stuck)."""
 
     def validate(self) -> None:
         _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
-        _check(0.0 <= self.level_below_person_db <= 60.0,
-               "barge_in.level_below_person_db must be 0..60")
+        _check(0 <= self.pause_after_ms <= 2000, "barge_in.pause_after_ms must be 0..2000")
+        _check(0.0 <= self.min_unexplained < 1.0, "barge_in.min_unexplained must be 0..<1")
         _check(self.confirm_ms <= self.resume_after_ms <= 30_000,
                "barge_in.resume_after_ms must be confirm_ms..30000")
 

@@ -334,6 +334,8 @@ class SessionDriver:
             # The session first, so that speech from now on is a new turn, never a
             # continuation of one whose end is on its way.
             finished = self.session.turn_finished(turn_id)
+            if self._burst is not None and self._burst_over == turn_id:
+                self._burst.cancel()  # its reply has ended: what the burst was is moot
             await self._emit(done)
             await self.execute(finished)
         except Exception:  # the owner's close failed; the turn has ended all the same

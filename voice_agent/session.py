@@ -19,8 +19,10 @@ abandons that work (:class:`AbandonTurn`, nothing reaches the client); the end c
 reply can have been heard, continues the same turn: its reply is abandoned unheard, the
 client gets ``speech_resumed``, and the whole utterance is answered once.
 
-Speech over the reply (issue 9, ``[barge_in]``) pauses it at once (:class:`PauseReply`).
-When the burst pauses, ends, or has gone on for ``barge_in.confirm_ms``, its words are
+Speech over the reply (issue 9, ``[barge_in]``), once there is ``barge_in.pause_after_ms``
+of it, pauses the reply (:class:`PauseReply`); frames the reply's own echo explains are not
+speech (:mod:`voice_agent.audio.double_talk`). A shorter blip changes nothing. When the burst
+pauses, ends, or has gone on for ``barge_in.confirm_ms``, its words are
 checked (:class:`CheckBurst`): words of the person's interrupt it (:class:`CancelTurn`); a
 cough, a "mm-hm" or the reply's own echo resume it (:class:`ResumeReply`; the burst's
 ``turn_done`` says ``backchannel``). The echo canceller's reference (what the appliance
@@ -36,13 +38,13 @@ completion, then the session closes normally.
 from __future__ import annotations
 
 import enum
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from voice_agent.audio.double_talk import EchoGate
 from voice_agent.audio.frontend import FRAME_SAMPLES, Frontend
 from voice_agent.audio.pcm import (
     PIPELINE_RATE,
@@ -189,15 +191,6 @@ Action = (Emit | StartTurn | Speculate | JudgeTurn | CommitTurn | AbandonTurn | 
 
 REFERENCE_AHEAD_S = 30
 """How far ahead of the input reply audio may be placed as the echo reference."""
-ECHO_TAIL_MS = 300
-"""After the reference goes quiet its echo is still in the room this long (reverberation)."""
-FIRST_PERSON_DBFS = -30.0
-"""The person's level assumed until they have said something outside a reply."""
-
-
-def level_dbfs(frame: Int16Array) -> float:
-    energy = float(np.mean(frame.astype(np.float64) ** 2)) if frame.size else 0.0
-    return 10 * math.log10(max(energy, 1.0) / 32768.0**2)
 
 
 class Session:
@@ -269,11 +262,15 @@ class Session:
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
-        self._played_until = -ECHO_TAIL_MS * PIPELINE_RATE // 1000
-        """Input sample just after the last reference frame with sound in it."""
-        self._person_dbfs = FIRST_PERSON_DBFS
-        """The person's speaking level, learned from speech heard while nothing plays."""
+        self._echo_gate = EchoGate(min_unexplained=self._barge.min_unexplained)
+        self._pause_sent = False
+        """The paused turn's client was told (``reply_paused``): the burst was long enough."""
+        self._unannounced: Emit | None = None
+        """The ``speech_started`` of a burst over the reply, sent only once it pauses it (a
+        blip of echo or a click gets no events at all)."""
+        self._burst_speech_ms = 0
         self.echo_gated_frames = 0
+        """Frames the VAD called speech that were the reply's own echo."""
         self._wake = wake
         self._wake_follow_up_ms = wake_follow_up_ms
         self._awake_until_ms: int | None = None
@@ -334,11 +331,17 @@ class Session:
         cleaned = self._frontend.process(frame)
         if self._wake is not None and self._asleep():
             return self._listen_for_wake(cleaned)
-        speech = self._is_speech(cleaned, playing=bool(reference.any()))
+        speech = self._is_speech(cleaned, reference)
         events = self._endpointer.push(cleaned, speech)
         actions = [a for event in events for a in self._on_endpoint(event)]
         if speech and self.state is State.USER_SPEAKING:
-            actions.extend(self._maybe_partial())
+            if self._unannounced is None:
+                actions.extend(self._maybe_partial())
+            if self._paused is not None and not self._pause_sent:
+                self._burst_speech_ms += FRAME_SAMPLES * 1000 // PIPELINE_RATE
+                if self._burst_speech_ms >= self._barge.pause_after_ms:
+                    self._pause_sent = True
+                    actions += [*self._announce(), PauseReply(self._paused)]
             if (self._paused is not None and not self._long_burst_checked
                     and self._endpointer.now_ms - self._burst_at_ms >= self._barge.confirm_ms):
                 # Long enough to be someone taking the turn, or the reply's own echo that
@@ -351,24 +354,12 @@ class Session:
             actions.extend(self.burst_heard(self._turn_id, False, ""))  # never judged: resume
         return actions
 
-    def _is_speech(self, cleaned: Int16Array, *, playing: bool) -> bool:
-        """The VAD's answer, except that while the reply plays (and its echo rings on)
-        speech must be near the person's own level: what the echo canceller leaves of the
-        reply is speech-like but quiet (``barge_in.level_below_person_db``)."""
-        if playing:
-            self._played_until = self._stream_samples
+    def _is_speech(self, cleaned: Int16Array, reference: Int16Array) -> bool:
+        """The VAD's answer, unless the reply's echo explains the sound."""
         speech = self._vad.is_speech(cleaned)
-        if not speech:
-            return False
-        level = level_dbfs(cleaned)
-        echo_tail = ECHO_TAIL_MS * PIPELINE_RATE // 1000
-        if self._stream_samples - self._played_until <= echo_tail:
-            if level < self._person_dbfs - self._barge.level_below_person_db:
-                self.echo_gated_frames += 1
-                return False
-        else:  # nothing plays: learn how loud this person speaks (slowly; loud frames)
-            self._person_dbfs += 0.02 * (level - self._person_dbfs)
-        return True
+        heard = self._echo_gate.frame(reference, cleaned, speech)
+        self.echo_gated_frames += speech and not heard
+        return heard
 
     def _asleep(self) -> bool:
         """Waiting for the wake phrase: nobody is speaking or being answered, and the
@@ -418,7 +409,10 @@ class Session:
         actions = self._stop_speculating()
         if self.state is State.USER_SPEAKING:
             self.state = State.LISTENING
-        actions.append(Emit(TurnDone.unrun(self._turn_id, "empty")))
+        if self._unannounced is not None:
+            self._forget_blip()
+        else:
+            actions.append(Emit(TurnDone.unrun(self._turn_id, "empty")))
         if self._paused is not None:  # a click or a knock over the reply: play on
             actions.extend(self._resume_reply())
         return actions
@@ -442,16 +436,32 @@ class Session:
             if not self.barge_in:  # half-duplex: a reply is coming; this speech is not heard
                 self._endpointer.reset()
                 return actions
-            # Stop talking at once; whether it is an interruption is decided on what follows.
+            # Stop talking once this is more than a blip of echo; whether it is an
+            # interruption is decided on what follows.
             self._paused, self._active_turn = self._active_turn, None
             self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
             self._long_burst_checked = False
-            actions.append(PauseReply(self._paused))
+            self._pause_sent, self._burst_speech_ms = False, 0
         self._turn_id += 1
         if self.state is not State.ENDING:
             self.state = State.USER_SPEAKING
-        actions.append(Emit(SpeechStarted(turn_id=self._turn_id, audio_ms=event.at_ms)))
+        started = Emit(SpeechStarted(turn_id=self._turn_id, audio_ms=event.at_ms))
+        if self._paused is not None and not self._pause_sent:
+            self._unannounced = started
+        else:
+            actions.append(started)
         return actions
+
+    def _announce(self) -> list[Action]:
+        """The burst over the reply is more than a blip: its ``speech_started`` goes out."""
+        started, self._unannounced = self._unannounced, None
+        return [started] if started is not None else []
+
+    def _forget_blip(self) -> None:
+        """A burst too short to pause the reply ends unannounced: its turn id is unused."""
+        if self._unannounced is not None:
+            self._unannounced = None
+            self._turn_id -= 1
 
     def _reply_unheard(self, speech_at_ms: int) -> bool:
         """Whether speech starting at ``speech_at_ms`` began before the person could have
@@ -468,6 +478,8 @@ class Session:
         actions: list[Action] = []
         self._pause_at_ms = event.at_ms
         if self._paused is not None:  # a burst over the reply stopped: what was it?
+            if not self._pause_sent:  # a blip: the reply never stopped for it
+                return self.burst_heard(self._turn_id, False, "")
             self._held_pause = event
             return [CheckBurst(self._turn_id, self._paused, event.audio)]
         if self._turn.speculate:
@@ -505,13 +517,16 @@ class Session:
             return self._burst_is_turn()
         self._endpointer.reset()
         self._pause_at_ms, self._held_end, self._held_pause = None, None, None
+        if self._unannounced is not None:
+            self._forget_blip()
+            return self._resume_reply()
         done = TurnDone(turn_id=turn_id, status="backchannel", transcript=text, reply_text="",
                         engine="", audio_samples=0)
         return [Emit(done), *self._resume_reply()]
 
     def _burst_is_turn(self) -> list[Action]:
         assert self._paused is not None  # noqa: S101 - only while a reply is paused
-        actions: list[Action] = [CancelTurn(self._paused, "barge_in")]
+        actions: list[Action] = [*self._announce(), CancelTurn(self._paused, "barge_in")]
         self._paused = None
         held_end, held_pause = self._held_end, self._held_pause
         self._held_end = self._held_pause = None
@@ -526,10 +541,12 @@ class Session:
         self._active_turn, self._paused = self._paused, None
         if self.state in (State.LISTENING, State.USER_SPEAKING):
             self.state = State.RESPONDING
-        return [ResumeReply(self._active_turn)]
+        return [ResumeReply(self._active_turn)] if self._pause_sent else []
 
     def _on_end(self, event: SpeechEnd) -> list[Action]:
         if self._paused is not None:  # a burst over the reply ended: judge it first
+            if not self._pause_sent:  # a blip: the reply never stopped for it
+                return self.burst_heard(self._turn_id, False, "")
             self._held_end = event
             return [CheckBurst(self._turn_id, self._paused, event.audio)]
         self._pause_at_ms = None
@@ -580,7 +597,7 @@ class Session:
         """The client asked to stop the current reply."""
         if self._paused is not None:
             paused, self._paused = self._paused, None
-            actions: list[Action] = [CancelTurn(paused, "client")]
+            actions: list[Action] = [*self._announce(), CancelTurn(paused, "client")]
             held_end, self._held_end, self._held_pause = self._held_end, None, None
             if held_end is not None:  # the burst is just an utterance now
                 actions.extend(self._on_end(held_end))
@@ -601,6 +618,7 @@ class Session:
                 self.state = State.LISTENING
         if turn_id == self._paused:  # it ended while paused: the burst is just an utterance
             self._paused = None
+            actions.extend(self._announce())
             held_end, self._held_end, self._held_pause = self._held_end, None, None
             if held_end is not None:
                 actions.extend(self._on_end(held_end))

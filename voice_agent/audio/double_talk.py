@@ -1,0 +1,85 @@
+"""Is someone talking over the reply, or is it what the canceller left of the reply?
+
+The VAD ignores level, and echo cancellation never removes all of the appliance's voice: in
+a reverberant room AEC3's linear filter is shorter than the room's tail, and what it leaves
+is speech-like and, at its peaks, as loud as a person (``benchmarks/echo.py``). So while
+the reply plays, and its echo rings on, a frame counts as speech only when most of its energy
+is *not* explained by what was played.
+
+What was played explains the leftover through a per-band model of the echo's power tail: the
+cleaned frame's power in each band is predicted from the reference's power in that band over
+the last ``TAIL_MS`` (a normalized LMS in the power domain, learned per session while the
+reply plays, never from frames the model cannot explain). A person's voice is what the
+prediction misses. Pure numpy, one 10 ms frame at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from voice_agent.audio.pcm import Int16Array
+
+FRAME = 160
+BANDS = 24
+TAIL_MS = 1000
+"""How long the room and the canceller's leftover ring on after a sound is played."""
+TAIL = TAIL_MS // 10
+STEP = 0.3
+"""NLMS step: the echo model follows the canceller converging within a second of speech."""
+QUIET = 1e3
+"""Band power (int16 scale, per bin) under which nothing plays."""
+WARM_UP_FRAMES = 100
+"""The first second of playing teaches the model from every frame (after that, frames far
+louder than the echo it predicts are taken for a person and teach nothing)."""
+EXPLAINED_MARGIN = 2.0
+"""A band's power within this factor (3 dB) of the predicted echo is echo."""
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def band_powers(frame: Int16Array) -> FloatArray:
+    spectrum = np.abs(np.fft.rfft(np.asarray(frame, dtype=np.float64), FRAME)) ** 2
+    return np.array([band.mean() for band in np.array_split(spectrum[1:], BANDS)])
+
+
+class EchoGate:
+    """Tells speech over the reply from its echo; see the module docstring."""
+
+    def __init__(self, *, min_unexplained: float = 0.5) -> None:
+        self.min_unexplained = min_unexplained
+        """Share of a frame's energy the echo must leave unexplained for it to be speech."""
+        self._history = np.zeros((BANDS, TAIL))
+        """Reference band powers, newest first."""
+        self._weights = np.zeros((BANDS, TAIL))
+        self._learned_frames = 0
+        self.unexplained = 1.0
+        """Of the last frame's energy, the share the echo model did not explain."""
+
+    def frame(self, reference: Int16Array, cleaned: Int16Array, speech: bool) -> bool:
+        """One frame: what was played in it, the cleaned capture and the VAD's answer;
+        returns whether it is speech that the echo does not explain."""
+        self._history = np.roll(self._history, 1, axis=1)
+        self._history[:, 0] = band_powers(reference)
+        if not self._history.max() > QUIET:
+            self.unexplained = 1.0
+            return speech  # nothing rings: the VAD decides alone
+        heard = band_powers(cleaned)
+        echo = np.einsum("bk,bk->b", self._weights, self._history)
+        unexplained = np.maximum(heard - EXPLAINED_MARGIN * echo, 0.0)
+        total = float(heard.sum())
+        self.unexplained = float(unexplained.sum()) / total if total > 0 else 0.0
+        self._learn(heard, echo)
+        return speech and self.unexplained >= self.min_unexplained
+
+    def _learn(self, heard: FloatArray, echo: FloatArray) -> None:
+        # Bands far louder than the echo could make are a person (double talk): the model
+        # must not learn to explain them.
+        learn = heard <= 4.0 * echo + QUIET
+        self._learned_frames += 1
+        if self._learned_frames <= WARM_UP_FRAMES:
+            learn[:] = True  # the model knows nothing yet: every frame teaches
+        norm = np.einsum("bk,bk->b", self._history, self._history) + 1e-9
+        error = np.where(learn, heard - echo, 0.0)
+        self._weights += STEP * (error / norm)[:, None] * self._history
+        np.maximum(self._weights, 0.0, out=self._weights)
