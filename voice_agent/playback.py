@@ -60,7 +60,7 @@ class PlaybackClock:
             return self._paused_at
         if not self.paced:
             return self.sent
-        moved = int((now - self._anchor_at) * self.rate)
+        moved = round((now - self._anchor_at) * self.rate)
         return min(self.sent, self._anchor_position + max(0, moved))
 
     def on_sent(self, samples: int, now: float) -> int:
