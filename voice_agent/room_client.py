@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array
 from voice_agent.audio.room import active_rms, trim_rir
 from voice_agent.server.protocol import (
+    ClientMessage,
     EmotionEvent,
     Playback,
     ReplyInterrupted,
@@ -134,11 +135,24 @@ class RoomClient:
         if self._ws is not None:
             await self._ws.close()
 
-    def say(self, speech: Int16Array, after_s: float = 0.0) -> float:
-        """The person says ``speech`` (16 kHz) ``after_s`` from now, at ``person_dbfs``;
-        returns the stream time (s) at which it starts."""
-        level = active_rms(speech)
-        scaled = speech.astype(np.float64) * (self.person_level / level if level else 1.0)
+    @property
+    def playing(self) -> bool:
+        """Reply audio is still buffered, or its echo is still reaching the microphone."""
+        return bool(self._player.buffer) or self._echo.size > self._sent
+
+    async def send(self, message: ClientMessage) -> None:
+        """A control message to the server (``cancel``, ``end``...)."""
+        assert self._ws is not None  # noqa: S101 - started in __aenter__
+        await self._ws.send(encode(message))
+
+    def say(self, speech: npt.ArrayLike, after_s: float = 0.0, level_db: float = 0.0) -> float:
+        """The person says ``speech`` (16 kHz) ``after_s`` from now, at ``person_dbfs``
+        + ``level_db`` (a cough or a door is louder than a voice); returns the stream time
+        (s) at which it starts."""
+        samples = np.asarray(speech, dtype=np.float64).reshape(-1)
+        level = active_rms(samples)
+        target = self.person_level * 10 ** (level_db / 20)
+        scaled = samples * (target / level if level else 1.0)
         start = self._sent + round(after_s * PIPELINE_RATE)
         end = start + scaled.size
         if self._person.size < end:
