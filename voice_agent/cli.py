@@ -178,6 +178,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from voice_agent.bench import run_bench
 
     config = _config(args)
+    if args.echo:
+        from voice_agent.bench_echo import run_echo_bench
+
+        return asyncio.run(run_echo_bench(config, quick=args.quick, json_path=args.json))
     if args.turn_taking:
         from voice_agent.bench_turns import run_turns_bench
 
@@ -298,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turn-taking", action="store_true",
                    help="instead: turn-taking (pauses, cut-offs, words lost, voice-to-voice), "
                         "fixed silence against the [turn] settings, same run")
-    p.add_argument("--quick", action="store_true", help="a small subset (--turn-taking)")
+    p.add_argument("--echo", action="store_true",
+                   help="instead: its own echo, barge-in and false interruptions in a simulated "
+                        "room (real-time clients, the default config)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small subset (--turn-taking, --echo)")
     llm_option(p)
     p.set_defaults(func=cmd_bench)
 
