@@ -92,8 +92,10 @@ async def test_its_own_echo_never_interrupts_it_and_a_person_does(
         first = (await client.wait_for(answered, 90)).event
         assert isinstance(first, TurnDone) and first.status == "ok", first
         assert first.audio_samples > 16000, "a reply long enough to echo"
-        # Its whole reply came back into the microphone at +5 dB, and never stopped it.
-        assert not client.events(ReplyPaused), [h.event for h in client.heard]
+        # Its whole reply came back into the microphone at +5 dB, and never stopped it (the
+        # first reply of a session may pause once while the room is being learned).
+        assert not client.events(ReplyInterrupted), [h.event for h in client.heard]
+        assert len(client.events(ReplyPaused)) <= 1, [h.event for h in client.heard]
         assert first.heard_text == first.reply_text
 
         mark = len(client.heard)

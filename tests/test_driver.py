@@ -21,6 +21,7 @@ from tests.test_session import make_session, tone
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.config import BargeInConfig
 from voice_agent.driver import SessionDriver
+from voice_agent.output import ReplyPlayback
 from voice_agent.server.protocol import (
     ReplyText,
     ServerEvent,
@@ -32,7 +33,6 @@ from voice_agent.server.protocol import (
 )
 from voice_agent.session import Action, Session, StartTurn, silence
 from voice_agent.speculation import Speculation
-from voice_agent.output import ReplyPlayback
 from voice_agent.turn import TurnOutput
 
 
@@ -102,6 +102,9 @@ class PacedRunner:
     async def partial_transcript(self, audio: Int16Array) -> str:
         await asyncio.sleep(0.001)
         return "hel"
+
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str:
+        return await self.partial_transcript(audio)
 
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float:

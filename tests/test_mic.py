@@ -238,10 +238,6 @@ def answered(events: list[ServerEvent]) -> list[TurnDone]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(reason="the echo canceller's residual (AEC3, rir1, +5 dB) is speech to the "
-                   "VAD in the first second of the reply: it pauses, then interrupts itself "
-                   "(reported; test_the_echo_reference_is_what_was_played_in_step checks the "
-                   "reference --mic gives it)", strict=False)
 async def test_answers_out_loud_and_its_own_echo_never_interrupts_it(
         engines: Engines, room_parts: tuple[np.ndarray, float, np.ndarray | None]) -> None:
     room = new_room(room_parts)
@@ -256,6 +252,8 @@ async def test_answers_out_loud_and_its_own_echo_never_interrupts_it(
     assert not interrupted, events
     # Its echo came back at +5 dB and was listened to, not muted.
     assert "dropped_muted" not in stats and "dropped_responding" not in stats, stats
+    # The first reply of a session may pause once while the canceller and the echo model
+    # are still learning the room (then it resumes); never more.
     pauses = [e for e in events if isinstance(e, ReplyPaused)]
     assert len(pauses) <= 1, f"the echo paused the reply {len(pauses)} times"
 

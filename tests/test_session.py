@@ -15,11 +15,11 @@ from voice_agent.server.protocol import SpeechStarted, SpeechStopped, TurnDone
 from voice_agent.session import (
     Action,
     CancelTurn,
-    Close,
     CheckBurst,
+    Close,
+    Emit,
     PauseReply,
     ResumeReply,
-    Emit,
     Session,
     StartTurn,
     State,

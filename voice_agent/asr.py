@@ -41,6 +41,19 @@ class Transcript:
     text: str
     language: str
     words: tuple[Word, ...] = field(default=())
+    no_speech_probability: float = 0.0
+    """Whisper's own belief that there was no speech at all (0..1)."""
+    log_probability: float = 0.0
+    """Mean log probability of the text's tokens: low for words made up out of noise."""
+
+    @property
+    def doubtful(self) -> bool:
+        """Whether the words are likely made up from noise or an echo: either of Whisper's
+        own tests for no speech (``no_speech_threshold`` 0.6, ``log_prob_threshold`` -1)
+        fails. Whisper requires both before it drops a segment; over the appliance's own
+        reply one is enough (what is left of the echo gave "One." at -1.16 and "fun." at
+        -1.27, with a no-speech probability near 0.3)."""
+        return self.no_speech_probability > 0.6 or self.log_probability < -1.0
 
 
 class Transcriber(Protocol):
@@ -102,10 +115,13 @@ class WhisperAsr:
             and not self._word_timestamps
             and (language is not None or not self._model.model.is_multilingual)
         ):
-            text, tokens, capped = self._decode_window(samples, language or "en", window_s)
+            text, tokens, capped, no_speech, log_probability = self._decode_window(
+                samples, language or "en", window_s)
             loop = self._loop(text, tokens, capped)
             if loop is None:
-                return Transcript(text=text, language=language or "en")
+                return Transcript(text=text, language=language or "en",
+                                  no_speech_probability=no_speech,
+                                  log_probability=log_probability)
             # The short window looped: decode again the way faster-whisper does on its own
             # (30 s window, temperature fallback on a high compression ratio). Slower (about
             # 3x), but it only runs for the rare decode that tripped a check.
@@ -127,9 +143,10 @@ class WhisperAsr:
 
     def _decode_window(
         self, samples: Float32Array, language: str, window_s: float
-    ) -> tuple[str, list[int], bool]:
+    ) -> tuple[str, list[int], bool, float, float]:
         """Greedy decode of the clip in a ``window_s`` encoder window: (text, token ids,
-        whether it ran into the length cap instead of ending by itself)."""
+        whether it ran into the length cap instead of ending by itself, the no-speech
+        probability, the mean token log probability)."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
@@ -156,6 +173,7 @@ class WhisperAsr:
                     ctranslate2.StorageView.from_array(window), [prompt],
                     beam_size=self._config.beam_size, max_length=len(prompt) + 2 * max_tokens,
                     suppress_blank=True, suppress_tokens=[-1],
+                    return_scores=True, return_no_speech_prob=True,
                 )
         except Exception as exc:
             raise EngineError(f"transcription failed: {exc}", code="asr_failed") from exc
@@ -164,7 +182,10 @@ class WhisperAsr:
         # CTranslate2 drops the end token from the result: a decode that ended by itself
         # is shorter than the cap, one that ran into it is a runaway.
         capped = len(sequence) >= max_tokens
-        return tokenizer.decode(tokens).strip(), tokens, capped
+        # The score is the sum of log probabilities over the length (length_penalty 1).
+        log_probability = float(result[0].scores[0]) if result[0].scores else 0.0
+        return (tokenizer.decode(tokens).strip(), tokens, capped,
+                float(result[0].no_speech_prob), log_probability)
 
     def reference_transcribe(self, audio: Int16Array) -> Transcript:
         """Bare faster-whisper: the public ``transcribe()`` with its own defaults, greedy,
@@ -196,4 +217,7 @@ class WhisperAsr:
             for w in (s.words or ())
         )
         text = " ".join(s.text.strip() for s in segments).strip()
-        return Transcript(text=text, language=info.language, words=words)
+        return Transcript(
+            text=text, language=info.language, words=words,
+            no_speech_probability=max((s.no_speech_prob for s in segments), default=0.0),
+            log_probability=min((s.avg_logprob for s in segments), default=0.0))

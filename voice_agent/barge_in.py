@@ -53,9 +53,15 @@ ECHO_SIMILARITY = 0.6
 what the canceller leaves of the reply gets words nearly right ("truth" for "true")."""
 
 
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve "
+                "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()
+"""The reply says "3", the echo is heard as "three"."""
+
+
 def is_echo(words: list[str], reply_words: list[str]) -> bool:
     """Whether every heard word is (nearly) a word of the reply: its echo, not a person."""
-    vocabulary = set(reply_words)
+    vocabulary = set(reply_words) | {NUMBER_WORDS[int(w)] for w in reply_words
+                                     if w.isdigit() and int(w) < len(NUMBER_WORDS)}
     return bool(vocabulary) and all(
         word in vocabulary or any(SequenceMatcher(None, word, known).ratio() >= ECHO_SIMILARITY
                                   for known in vocabulary)

@@ -151,16 +151,20 @@ class BargeInConfig:
     enabled: bool = True
     """Listen while replying. Off: half-duplex, input is ignored while the reply plays (a
     loudspeaker with no echo cancellation)."""
-    confirm_ms: int = 700
-    """Speech lasting this long over the reply interrupts it whatever it says; a shorter
-    burst is transcribed first, and a backchannel, a noise or an echo resumes the reply."""
+    confirm_ms: int = 600
+    """Speech (frames the echo does not explain) adding up to this long over the reply is a
+    person taking the turn unless its words are the reply's own or a backchannel. A shorter
+    burst is a turn only if Whisper is also sure of its words (it makes words up, confidently
+    enough, out of noise and what is left of the echo)."""
     backchannels: list[str] = field(default_factory=lambda: [
         "yeah", "yes", "yep", "yup", "uh-huh", "uh huh", "mm-hmm", "mm hmm", "mm-hm", "mhm",
         "mhmm", "mm", "hmm", "hm", "huh", "aha", "okay",
         "ok", "right", "sure", "i see", "got it", "alright", "all right", "oh", "ah", "uh",
-        "um", "wow", "nice", "cool", "great", "really", "true", "exactly", "indeed"])
+        "um", "wow", "nice", "cool", "great", "really", "true", "exactly", "indeed",
+        "thank you", "thanks", "thank you very much", "you", "bye"])
     """Words that over the reply mean "go on", not "stop" (compared case- and
-    punctuation-free; a burst made only of these resumes the reply)."""
+    punctuation-free; a burst made only of these resumes the reply). The last ones are also
+    what Whisper makes up, confidently, from noise and from what is left of the echo."""
     pause_after_ms: int = 150
     """Speech heard over the reply for this long pauses it. What the echo canceller leaves
     of the reply comes through in runs mostly shorter than this (``benchmarks/echo.py``),

@@ -78,6 +78,8 @@ class Runner(Protocol):
 
     async def partial_transcript(self, audio: Int16Array) -> str: ...
 
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str: ...
+
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float: ...
 
@@ -290,7 +292,7 @@ class SessionDriver:
     async def _check_burst(self, action: CheckBurst) -> None:
         """Transcribe a short burst over the paused reply and tell the session what it was."""
         try:
-            text = await self.runner.partial_transcript(action.audio)
+            text = await self.runner.hear_burst(action.audio, trust=action.long)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # unknown: speech it was, so the person gets the turn

@@ -179,6 +179,9 @@ class CheckBurst:
     turn_id: int
     paused_turn: int
     audio: Int16Array = field(repr=False)
+    long: bool = False
+    """It has ``barge_in.confirm_ms`` of speech: Whisper's doubt about its words does not
+    count (talking over a loud reply makes a person's words doubtful too)."""
 
 
 @dataclass(frozen=True)
@@ -337,18 +340,19 @@ class Session:
         if speech and self.state is State.USER_SPEAKING:
             if self._unannounced is None:
                 actions.extend(self._maybe_partial())
-            if self._paused is not None and not self._pause_sent:
+            if self._paused is not None:
                 self._burst_speech_ms += FRAME_SAMPLES * 1000 // PIPELINE_RATE
-                if self._burst_speech_ms >= self._barge.pause_after_ms:
-                    self._pause_sent = True
-                    actions += [*self._announce(), PauseReply(self._paused)]
+            if (self._paused is not None and not self._pause_sent
+                    and self._burst_speech_ms >= self._barge.pause_after_ms):
+                self._pause_sent = True
+                actions += [*self._announce(), PauseReply(self._paused)]
             if (self._paused is not None and not self._long_burst_checked
-                    and self._endpointer.now_ms - self._burst_at_ms >= self._barge.confirm_ms):
-                # Long enough to be someone taking the turn, or the reply's own echo that
-                # got through: its words tell.
+                    and self._burst_speech_ms >= self._barge.confirm_ms):
+                # Speech long enough to be someone taking the turn (what is left of the echo
+                # comes in short runs): a turn unless its words are the reply's or "go on".
                 self._long_burst_checked = True
                 actions.append(CheckBurst(self._turn_id, self._paused,
-                                          self._endpointer.utterance_audio()))
+                                          self._endpointer.utterance_audio(), long=True))
         elif (self._paused is not None
               and self._endpointer.now_ms - self._burst_at_ms >= self._barge.resume_after_ms):
             actions.extend(self.burst_heard(self._turn_id, False, ""))  # never judged: resume

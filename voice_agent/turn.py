@@ -205,6 +205,19 @@ class TurnRunner:
         )
         return transcript.text
 
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str:
+        """The words of a burst of sound over the reply; "" when Whisper itself doubts there
+        were any (it makes words up from a cough or from what is left of the echo), unless
+        ``trust``."""
+        engines = self._engines
+        transcript = await call_in_thread(
+            lambda: engines.asr.transcribe(audio), engines.asr_executor,
+            timeout_s=self._config.asr.timeout_s, what="speech recognition",
+        )
+        log.debug("burst: %r (no speech %.2f, log probability %.2f)", transcript.text,
+                  transcript.no_speech_probability, transcript.log_probability)
+        return "" if transcript.doubtful and not trust else transcript.text
+
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float:
         """How likely the person has finished (``turn.endpoint = "smart"``): the end-of-turn

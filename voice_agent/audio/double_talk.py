@@ -29,8 +29,8 @@ STEP = 0.3
 """NLMS step: the echo model follows the canceller converging within a second of speech."""
 QUIET = 1e3
 """Band power (int16 scale, per bin) under which nothing plays."""
-WARM_UP_FRAMES = 100
-"""The first second of playing teaches the model from every frame (after that, frames far
+WARM_UP_FRAMES = 30
+"""The first 300 ms of playing teach the model from every frame (after that, frames far
 louder than the echo it predicts are taken for a person and teach nothing)."""
 EXPLAINED_MARGIN = 2.0
 """A band's power within this factor (3 dB) of the predicted echo is echo."""
