@@ -9,7 +9,7 @@ is *not* explained by what was played.
 What was played explains the leftover through a per-band model of the echo's power tail: the
 cleaned frame's power in each band is predicted from the reference's power in that band over
 the last ``TAIL_MS`` (a normalized LMS in the power domain, learned per session while the
-reply plays, never from frames the model cannot explain). A person's voice is what the
+reply plays, after a short warm-up only from frames it mostly explains already). A person's voice is what the
 prediction misses. Pure numpy, one 10 ms frame at a time.
 """
 
@@ -32,6 +32,9 @@ QUIET = 1e3
 WARM_UP_FRAMES = 30
 """The first 300 ms of playing teach the model from every frame (after that, frames far
 louder than the echo it predicts are taken for a person and teach nothing)."""
+LEARN_BELOW_UNEXPLAINED = 0.3
+"""After the warm-up, only frames the model already mostly explains teach it: a person
+talking over the reply must not be learned as echo."""
 EXPLAINED_MARGIN = 2.0
 """A band's power within this factor (3 dB) of the predicted echo is echo."""
 
@@ -73,13 +76,10 @@ class EchoGate:
         return speech and self.unexplained >= self.min_unexplained
 
     def _learn(self, heard: FloatArray, echo: FloatArray) -> None:
-        # Bands far louder than the echo could make are a person (double talk): the model
-        # must not learn to explain them.
-        learn = heard <= 4.0 * echo + QUIET
         self._learned_frames += 1
-        if self._learned_frames <= WARM_UP_FRAMES:
-            learn[:] = True  # the model knows nothing yet: every frame teaches
+        if (self._learned_frames > WARM_UP_FRAMES
+                and self.unexplained >= LEARN_BELOW_UNEXPLAINED):
+            return  # someone else is sounding (double talk): nothing to learn about the echo
         norm = np.einsum("bk,bk->b", self._history, self._history) + 1e-9
-        error = np.where(learn, heard - echo, 0.0)
-        self._weights += STEP * (error / norm)[:, None] * self._history
+        self._weights += STEP * ((heard - echo) / norm)[:, None] * self._history
         np.maximum(self._weights, 0.0, out=self._weights)
