@@ -174,15 +174,15 @@ class BargeInConfig:
     energy is not explained by the reply's own echo (``voice_agent.audio.double_talk``):
     the voice activity detector ignores level, and the echo is never removed whole."""
     resume_after_ms: int = 2500
-    """A paused reply whose burst has not been decided this long after it began resumes (a
+    """A reply paused this long with the burst over it not yet judged plays on (a
     transcription that never came back must not leave the reply stuck)."""
 
     def validate(self) -> None:
         _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
         _check(0 <= self.pause_after_ms <= 2000, "barge_in.pause_after_ms must be 0..2000")
         _check(0.0 <= self.min_unexplained < 1.0, "barge_in.min_unexplained must be 0..<1")
-        _check(self.confirm_ms <= self.resume_after_ms <= 30_000,
-               "barge_in.resume_after_ms must be confirm_ms..30000")
+        _check(100 <= self.resume_after_ms <= 30_000,
+               "barge_in.resume_after_ms must be 100..30000")
 
 
 @dataclass

@@ -258,10 +258,13 @@ class Session:
         self._paused: int | None = None
         """The turn whose reply is paused by a burst of sound not yet judged."""
         self._burst_at_ms = 0
+        self._paused_at_ms = 0
         self._held_end: SpeechEnd | None = None
         """A burst that ended before it was judged: a turn if :meth:`burst_heard` says so."""
         self._held_pause: SpeechPause | None = None
         self._long_burst_checked = False
+        self._checking = False
+        """A :class:`CheckBurst` is out: its answer decides the burst, even one that ended."""
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
@@ -344,18 +347,18 @@ class Session:
                 self._burst_speech_ms += FRAME_SAMPLES * 1000 // PIPELINE_RATE
             if (self._paused is not None and not self._pause_sent
                     and self._burst_speech_ms >= self._barge.pause_after_ms):
-                self._pause_sent = True
+                self._pause_sent, self._paused_at_ms = True, self._endpointer.now_ms
                 actions += [*self._announce(), PauseReply(self._paused)]
             if (self._paused is not None and not self._long_burst_checked
                     and self._burst_speech_ms >= self._barge.confirm_ms):
                 # Speech long enough to be someone taking the turn (what is left of the echo
                 # comes in short runs): a turn unless its words are the reply's or "go on".
-                self._long_burst_checked = True
+                self._long_burst_checked = self._checking = True
                 actions.append(CheckBurst(self._turn_id, self._paused,
                                           self._endpointer.utterance_audio(), long=True))
-        elif (self._paused is not None
-              and self._endpointer.now_ms - self._burst_at_ms >= self._barge.resume_after_ms):
-            actions.extend(self.burst_heard(self._turn_id, False, ""))  # never judged: resume
+        elif (self._paused is not None and self._pause_sent
+              and self._endpointer.now_ms - self._paused_at_ms >= self._barge.resume_after_ms):
+            actions.extend(self._play_on())  # its judgement never came: play on
         return actions
 
     def _is_speech(self, cleaned: Int16Array, reference: Int16Array) -> bool:
@@ -445,7 +448,7 @@ class Session:
             self._paused, self._active_turn = self._active_turn, None
             self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
             self._long_burst_checked = False
-            self._pause_sent, self._burst_speech_ms = False, 0
+            self._pause_sent, self._burst_speech_ms, self._checking = False, 0, False
         self._turn_id += 1
         if self.state is not State.ENDING:
             self.state = State.USER_SPEAKING
@@ -482,9 +485,11 @@ class Session:
         actions: list[Action] = []
         self._pause_at_ms = event.at_ms
         if self._paused is not None:  # a burst over the reply stopped: what was it?
-            if not self._pause_sent:  # a blip: the reply never stopped for it
-                return self.burst_heard(self._turn_id, False, "")
-            self._held_pause = event
+            if self._unannounced is not None:  # a blip: the reply never stopped for it
+                return self._end_burst("")
+            if not self._pause_sent:  # judged no turn, the reply plays: wait for more
+                return []
+            self._held_pause, self._checking = event, True
             return [CheckBurst(self._turn_id, self._paused, event.audio)]
         if self._turn.speculate:
             self._speculating = self._turn_id
@@ -513,20 +518,41 @@ class Session:
 
     def burst_heard(self, turn_id: int, is_turn: bool, text: str) -> list[Action]:
         """What :class:`CheckBurst` found. A turn: the paused reply is interrupted and the
-        utterance goes on as any other. Not a turn: the reply resumes, and the burst ends
-        with a ``backchannel`` ``turn_done`` carrying its words."""
+        utterance goes on as any other. Not a turn: the reply plays on; a burst that has
+        ended ends with a ``backchannel`` ``turn_done`` carrying its words, one still going
+        on is listened to further (more of it pauses the reply again and is judged whole:
+        "yeah... but wait" is a turn, and none of its words is lost)."""
         if turn_id != self._turn_id or self._paused is None:
             return []
+        self._checking = False
         if is_turn:
             return self._burst_is_turn()
+        if self._held_end is None and self.state is State.USER_SPEAKING:
+            self._held_pause = None
+            self._burst_speech_ms, self._long_burst_checked = 0, False
+            return self._play_on()
+        return self._end_burst(text)
+
+    def _end_burst(self, text: str) -> list[Action]:
+        """The burst over the reply is over and was no turn: forget it, the reply plays."""
+        assert self._paused is not None  # noqa: S101 - only while a burst is open
         self._endpointer.reset()
         self._pause_at_ms, self._held_end, self._held_pause = None, None, None
+        self._checking = False
         if self._unannounced is not None:
             self._forget_blip()
             return self._resume_reply()
-        done = TurnDone(turn_id=turn_id, status="backchannel", transcript=text, reply_text="",
-                        engine="", audio_samples=0)
+        done = TurnDone(turn_id=self._turn_id, status="backchannel", transcript=text,
+                        reply_text="", engine="", audio_samples=0)
         return [Emit(done), *self._resume_reply()]
+
+    def _play_on(self) -> list[Action]:
+        """Resume the paused reply while the burst over it may go on."""
+        assert self._paused is not None  # noqa: S101 - only while a burst is open
+        if not self._pause_sent:
+            return []
+        self._pause_sent = False
+        return [ResumeReply(self._paused)]
 
     def _burst_is_turn(self) -> list[Action]:
         assert self._paused is not None  # noqa: S101 - only while a reply is paused
@@ -542,16 +568,17 @@ class Session:
 
     def _resume_reply(self) -> list[Action]:
         assert self._paused is not None  # noqa: S101 - only while a reply is paused
+        actions = self._play_on()
         self._active_turn, self._paused = self._paused, None
         if self.state in (State.LISTENING, State.USER_SPEAKING):
             self.state = State.RESPONDING
-        return [ResumeReply(self._active_turn)] if self._pause_sent else []
+        return actions
 
     def _on_end(self, event: SpeechEnd) -> list[Action]:
         if self._paused is not None:  # a burst over the reply ended: judge it first
-            if not self._pause_sent:  # a blip: the reply never stopped for it
-                return self.burst_heard(self._turn_id, False, "")
-            self._held_end = event
+            if not (self._pause_sent or self._checking):  # a blip, or judged no turn
+                return self._end_burst("")
+            self._held_end, self._checking = event, True
             return [CheckBurst(self._turn_id, self._paused, event.audio)]
         self._pause_at_ms = None
         actions: list[Action] = [Emit(SpeechStopped(

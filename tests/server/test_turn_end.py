@@ -117,12 +117,14 @@ def check_one_turn_done_per_utterance(events: list[dict[str, Any]]) -> list[dict
     # many end-of-turn decisions it took (stream time runs ahead of the clock here, so no
     # reply is ever heard before the next speech, and within turn.resume_window_ms the
     # utterances join).
-    # Every speech_started gets one turn_done (a burst too short to be speech ends "empty").
+    # Every speech_started gets one turn_done (a burst too short to be speech ends "empty",
+    # one over a reply that was no turn "backchannel").
     started = sorted({e["turn_id"] for e in events if e["type"] == "speech_started"})
     stopped = {e["turn_id"] for e in events if e["type"] == "speech_stopped"}
     done = [e for e in events if e["type"] == "turn_done"]
     assert sorted(d["turn_id"] for d in done) == started, (started, done)
-    assert all(d["status"] == "empty" for d in done if d["turn_id"] not in stopped), done
+    assert all(d["status"] in ("empty", "backchannel") for d in done
+               if d["turn_id"] not in stopped), done
     for turn in done:  # nothing of a turn after its end
         after = events[events.index(turn) + 1:]
         assert not [e for e in after if e.get("turn_id") == turn["turn_id"]]
@@ -137,7 +139,9 @@ async def test_speech_faster_than_real_time_gets_one_turn_done_per_utterance(
     # A few times real time, no waiting.
     events = await session_of(fresh_server, speech(6), chunk_s=0.5, timeout=180)
     done = check_one_turn_done_per_utterance(events)
-    assert len(done) >= 5, "six utterances with 0.7 s gaps"
+    # Six utterances with 0.7 s gaps; one that starts over a reply joins the next while it
+    # is being judged (a barge-in or a backchannel?), so fewer turns than utterances.
+    assert len(done) >= 3
     # Every turn but the last was overtaken by the next utterance: cancelled.
     assert done[-1]["status"] in ("ok", "empty")
     assert {d["status"] for d in done[:-1]} <= {"cancelled", "ok", "empty"}
@@ -167,7 +171,9 @@ async def test_multi_megabyte_burst_gets_one_turn_done_per_utterance(
     # 32 KB messages, as fast as TCP takes them.
     events = await session_of(fresh_server, audio, chunk_s=1.0, timeout=200)
     done = check_one_turn_done_per_utterance(events)
-    assert len(done) >= 15  # 0.5 s gaps: some utterances run together
+    # 0.5 s gaps: some utterances run together, more so when one that starts over a reply
+    # is still being judged as the next begins (they join into one burst).
+    assert len(done) >= 10
     assert sum(d["status"] == "cancelled" for d in done) >= len(done) // 2  # overtaken
 
 
