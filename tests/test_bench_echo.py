@@ -115,10 +115,7 @@ async def test_one_reply_one_barge_in_one_knock(default_server: VoiceServer,
     assert row["reply_s"] > 1.0
     assert row["interrupted"] == 0, row
 
-    alone, barge = await barge_trial(url, material, setting(5), lj[2], lj[1][1], rng)
-    # Whether its own echo stopped it is what the bench counts; here only that it ran.
-    assert not alone["timed_out"] and alone["status"] in ("ok", "cancelled"), alone
-    assert alone["transcript"], alone
+    barge = await barge_trial(url, material, setting(5), lj[2], lj[1][1], rng)
     assert barge["outcome"] == "interrupted", barge
     assert 0 < barge["latency_ms"] < 1500, barge
     assert barge["status"] == "cancelled"

@@ -17,11 +17,13 @@ voice-like or music-like parts that would test the VAD, not the canceller).
    person's own sentence: *spurious* while the reply or its reverberation
    (``ECHO_TAIL_S``) plays, *in noise* otherwise (the VAD on the room's noise alone, which
    no echo canceller can help with).
-2. *Barge-in*: each human sentence said once with nothing playing, then over a reply, 1-2 s
-   into it. Detection latency = ``reply_paused`` arrival (client stream time) minus the
-   sentence's real onset (its first 10 ms frame within ``ACTIVE_RANGE_DB`` of its loudest,
-   after ``say``'s start); the interrupted reply's ``heard_text``; the WER of the
-   transcript of the sentence said over the reply beside the same sentence said alone.
+2. *Barge-in*: a human sentence said over a reply, 1-2 s into it, one session at a time.
+   Detection latency = arrival (client stream time) of ``reply_paused`` or
+   ``reply_interrupted``, whichever comes first, minus the sentence's real onset (its first
+   10 ms frame within ``ACTIVE_RANGE_DB`` of its loudest, after ``say``'s start); the
+   interrupted reply's ``heard_text``; the WER of the transcript of the person's turn (the
+   one that started with the sentence) beside the same sentence asked in part 1, with
+   nothing playing.
 3. *False interruptions*: a sound 1.0-1.5 s into a reply (see :func:`false_sounds` for how
    each kind is made); per kind: nothing happened / paused then resumed / interrupted.
 
@@ -353,20 +355,18 @@ async def _reply_started(client: RoomClient, question: Int16Array) -> tuple[int,
 
 async def barge_trial(url: str, material: Material, s: Setting,
                       sentence: tuple[Clip, Int16Array], question: Int16Array,
-                      rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sentence said alone (a self-interruption row too), then over a reply."""
+                      rng: np.random.Generator) -> dict[str, Any]:
+    """The sentence said over a reply, 1-2 s into it."""
     clip, audio = sentence
     async with RoomClient(url, material.room(s)) as client:
-        alone = await ask(client, s, clip, audio)
         row: dict[str, Any] = {"setting": s.label, "echo_db": s.echo_db, "rir": s.rir,
                                "delay_ms": s.delay_ms, "sentence": clip.path.name,
-                               "reference": clip.reference,
-                               "alone_transcript": alone.get("transcript"), "outcome": None}
+                               "reference": clip.reference, "outcome": None}
         mark = len(client.heard)
         started = await _reply_started(client, question)
         if started is None:
             row["outcome"] = "no reply"
-            return alone, row
+            return row
         turn, reply_at = started
         onset = client.say(audio, after_s=float(rng.uniform(1.0, 2.0))) + onset_s(audio)
         row["into_reply_s"] = round(onset - reply_at, 3)
@@ -374,26 +374,31 @@ async def barge_trial(url: str, material: Material, s: Setting,
             done = (await _wait(client, TurnDone, ANSWER_TIMEOUT_S, mark, turn))[0]
         except TimeoutError:
             row["outcome"] = "timed out"
-            return alone, row
+            return row
         row.update(status=done.status, reply_text=done.reply_text, heard_text=done.heard_text,
                    reply_s=round(done.audio_samples / PIPELINE_RATE, 2))
-        pauses = [h for h in client.heard[mark:] if _of(ReplyPaused, turn)(h.event)]
-        row["paused_before_onset"] = sum(h.at_s < onset for h in pauses)
-        after = [h.at_s for h in pauses if h.at_s >= onset]
-        if after:
+        heard = client.heard[mark:]
+        stops = [h for h in heard if isinstance(h.event, ReplyPaused | ReplyInterrupted)
+                 and h.event.turn_id == turn]
+        row["paused_before_onset"] = sum(h.at_s < onset for h in stops)
+        after = [h.at_s for h in stops if h.at_s >= onset]
+        if after:  # the reply stopped: paused, or interrupted outright
             row["latency_ms"] = round((after[0] - onset) * 1000, 1)
-        interrupted = client.events(ReplyInterrupted)
-        row["interrupted"] = any(e.turn_id == turn for e in interrupted)
+        row["interrupted"] = any(_of(ReplyInterrupted, turn)(h.event) for h in heard)
         if not row["interrupted"] and done.audio_samples / PIPELINE_RATE < row["into_reply_s"]:
             row["outcome"] = "reply over"  # it ended before the person spoke: not a trial
-            return alone, row
+            return row
         row["outcome"] = "interrupted" if row["interrupted"] else (
             "resumed" if after else "not detected")
+        # The person's turn: the one that started with the sentence (else any later one).
+        theirs = [h.event.turn_id for h in heard if isinstance(h.event, SpeechStarted)
+                  and onset - 0.5 <= h.event.audio_ms / 1000 <= onset + 1.5]
         with contextlib.suppress(TimeoutError):
-            said = (await _wait(client, TranscriptEvent, EVENT_TIMEOUT_S, mark,
-                                when=lambda e: e.turn_id > turn and bool(e.text)))[0]
+            said = (await _wait(client, TranscriptEvent, EVENT_TIMEOUT_S, mark, when=lambda e:
+                                (e.turn_id == theirs[0] if theirs else e.turn_id > turn)
+                                and bool(e.text)))[0]
             row["transcript"] = said.text
-        return alone, row
+        return row
 
 
 async def false_trial(url: str, material: Material, s: Setting, question: Int16Array,
@@ -446,14 +451,16 @@ class Plan:
     questions_per_session: int
     barge_trials: int
     false_per_kind: int
-    concurrency: int = 1
-    """Sessions at once. 1: two real-time clients plus the server saturate 2 cores, and then
-    the reply's pacing, the echo reference and the client's clock drift apart (every
-    measure gets worse for reasons a device would not have)."""
+    concurrency: int = 2
+    """Sessions at once for the counts (parts 1 and 3): a real-time run takes long."""
+    barge_concurrency: int = 1
+    """Sessions at once for the barge-in latency: one, so a saturated CPU (two real-time
+    sessions and Whisper on 2 cores) does not show up as detection latency."""
 
 
-FULL = Plan(self_sessions=17, questions_per_session=2, barge_trials=17, false_per_kind=4)
-"""51 replies with nobody speaking over them (each barge-in trial adds one)."""
+FULL = Plan(self_sessions=25, questions_per_session=2, barge_trials=12, false_per_kind=3)
+"""50 replies with nobody speaking over them; the barge-in sentences said alone are among
+their questions."""
 QUICK = Plan(self_sessions=2, questions_per_session=2, barge_trials=3, false_per_kind=1)
 
 
@@ -499,9 +506,10 @@ async def run_trials(url: str, material: Material, sounds: Sequence[Sound], plan
     longest = sorted(sentences, key=lambda s: -s[1].size)[:4]  # questions that draw a reply
     barge = [barge_trial(url, material, next_setting(), sentences[i % len(sentences)],
                          longest[i % len(longest)][1], rng) for i in range(plan.barge_trials)]
-    for alone, row in await _bounded(barge, plan.concurrency):
-        results.replies.append(alone)
-        results.barge.append(row)
+    results.barge = await _bounded(barge, plan.barge_concurrency)
+    for row in results.barge:  # the same sentence asked with nothing playing (part 1)
+        alone = [r.get("transcript") for r in results.replies if r["question"] == row["sentence"]]
+        row["alone_transcript"] = next((t for t in alone if t is not None), "")
     _progress("barge-in", len(results.barge), started)
 
     false = [false_trial(url, material, next_setting(), longest[i % len(longest)][1], sound, rng)
