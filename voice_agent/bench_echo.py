@@ -356,49 +356,59 @@ async def _reply_started(client: RoomClient, question: Int16Array) -> tuple[int,
 async def barge_trial(url: str, material: Material, s: Setting,
                       sentence: tuple[Clip, Int16Array], question: Int16Array,
                       rng: np.random.Generator) -> dict[str, Any]:
-    """The sentence said over a reply, 1-2 s into it."""
-    clip, audio = sentence
+    """The sentence said over a reply, 1-2 s into it (asked again, once, when the reply was
+    over by then)."""
     async with RoomClient(url, material.room(s)) as client:
-        row: dict[str, Any] = {"setting": s.label, "echo_db": s.echo_db, "rir": s.rir,
-                               "delay_ms": s.delay_ms, "sentence": clip.path.name,
-                               "reference": clip.reference, "outcome": None}
-        mark = len(client.heard)
-        started = await _reply_started(client, question)
-        if started is None:
-            row["outcome"] = "no reply"
-            return row
-        turn, reply_at = started
-        onset = client.say(audio, after_s=float(rng.uniform(1.0, 2.0))) + onset_s(audio)
-        row["into_reply_s"] = round(onset - reply_at, 3)
-        try:
-            done = (await _wait(client, TurnDone, ANSWER_TIMEOUT_S, mark, turn))[0]
-        except TimeoutError:
-            row["outcome"] = "timed out"
-            return row
-        row.update(status=done.status, reply_text=done.reply_text, heard_text=done.heard_text,
-                   reply_s=round(done.audio_samples / PIPELINE_RATE, 2))
-        heard = client.heard[mark:]
-        stops = [h for h in heard if isinstance(h.event, ReplyPaused | ReplyInterrupted)
-                 and h.event.turn_id == turn]
-        row["paused_before_onset"] = sum(h.at_s < onset for h in stops)
-        after = [h.at_s for h in stops if h.at_s >= onset]
-        if after:  # the reply stopped: paused, or interrupted outright
-            row["latency_ms"] = round((after[0] - onset) * 1000, 1)
-        row["interrupted"] = any(_of(ReplyInterrupted, turn)(h.event) for h in heard)
-        if not row["interrupted"] and done.audio_samples / PIPELINE_RATE < row["into_reply_s"]:
-            row["outcome"] = "reply over"  # it ended before the person spoke: not a trial
-            return row
-        row["outcome"] = "interrupted" if row["interrupted"] else (
-            "resumed" if after else "not detected")
-        # The person's turn: the one that started with the sentence (else any later one).
-        theirs = [h.event.turn_id for h in heard if isinstance(h.event, SpeechStarted)
-                  and onset - 0.5 <= h.event.audio_ms / 1000 <= onset + 1.5]
-        with contextlib.suppress(TimeoutError):
-            said = (await _wait(client, TranscriptEvent, EVENT_TIMEOUT_S, mark, when=lambda e:
-                                (e.turn_id == theirs[0] if theirs else e.turn_id > turn)
-                                and bool(e.text)))[0]
-            row["transcript"] = said.text
+        row = await _barge_once(client, s, sentence, question, rng)
+        if row["outcome"] == "reply over":
+            await _settle(client)
+            row = await _barge_once(client, s, sentence, question, rng)
         return row
+
+
+async def _barge_once(client: RoomClient, s: Setting, sentence: tuple[Clip, Int16Array],
+                      question: Int16Array, rng: np.random.Generator) -> dict[str, Any]:
+    clip, audio = sentence
+    row: dict[str, Any] = {"setting": s.label, "echo_db": s.echo_db, "rir": s.rir,
+                           "delay_ms": s.delay_ms, "sentence": clip.path.name,
+                           "reference": clip.reference, "outcome": None}
+    mark = len(client.heard)
+    started = await _reply_started(client, question)
+    if started is None:
+        row["outcome"] = "no reply"
+        return row
+    turn, reply_at = started
+    onset = client.say(audio, after_s=float(rng.uniform(1.0, 2.0))) + onset_s(audio)
+    row["into_reply_s"] = round(onset - reply_at, 3)
+    try:
+        done = (await _wait(client, TurnDone, ANSWER_TIMEOUT_S, mark, turn))[0]
+    except TimeoutError:
+        row["outcome"] = "timed out"
+        return row
+    row.update(status=done.status, reply_text=done.reply_text, heard_text=done.heard_text,
+               reply_s=round(done.audio_samples / PIPELINE_RATE, 2))
+    heard = client.heard[mark:]
+    stops = [h for h in heard if isinstance(h.event, ReplyPaused | ReplyInterrupted)
+             and h.event.turn_id == turn]
+    row["paused_before_onset"] = sum(h.at_s < onset for h in stops)
+    after = [h.at_s for h in stops if h.at_s >= onset]
+    if after:  # the reply stopped: paused, or interrupted outright
+        row["latency_ms"] = round((after[0] - onset) * 1000, 1)
+    row["interrupted"] = any(_of(ReplyInterrupted, turn)(h.event) for h in heard)
+    if not row["interrupted"] and done.audio_samples / PIPELINE_RATE < row["into_reply_s"]:
+        row["outcome"] = "reply over"  # it ended before the person spoke: not a trial
+        return row
+    row["outcome"] = "interrupted" if row["interrupted"] else (
+        "resumed" if after else "not detected")
+    # The person's turn: the one that started with the sentence (else any later one).
+    theirs = [h.event.turn_id for h in heard if isinstance(h.event, SpeechStarted)
+              and onset - 0.5 <= h.event.audio_ms / 1000 <= onset + 1.5]
+    with contextlib.suppress(TimeoutError):
+        said = (await _wait(client, TranscriptEvent, EVENT_TIMEOUT_S, mark, when=lambda e:
+                            (e.turn_id == theirs[0] if theirs else e.turn_id > turn)
+                            and bool(e.text)))[0]
+        row["transcript"] = said.text
+    return row
 
 
 async def false_trial(url: str, material: Material, s: Setting, question: Int16Array,
