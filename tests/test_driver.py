@@ -145,7 +145,8 @@ class Harness:
 
 def fast_session() -> Session:
     # Speech over a reply is judged after 100 ms (the runner hears words: a turn).
-    return make_session(barge_in_config=BargeInConfig(confirm_ms=100, resume_after_ms=5000),
+    return make_session(barge_in_config=BargeInConfig(pause_after_ms=50, confirm_ms=100,
+                                                  resume_after_ms=5000),
                         start_speech_ms=30, end_silence_ms=100, pre_roll_ms=50,
                         min_utterance_ms=50, max_utterance_s=1.0)
 

@@ -53,8 +53,9 @@ ECHO_SIMILARITY = 0.6
 what the canceller leaves of the reply gets words nearly right ("truth" for "true")."""
 
 
-NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve "
-                "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                "seventeen", "eighteen", "nineteen", "twenty"]
 """The reply says "3", the echo is heard as "three"."""
 
 

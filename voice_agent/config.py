@@ -179,7 +179,8 @@ class BargeInConfig:
 
     def validate(self) -> None:
         _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
-        _check(0 <= self.pause_after_ms <= 2000, "barge_in.pause_after_ms must be 0..2000")
+        _check(0 <= self.pause_after_ms <= self.confirm_ms,
+               "barge_in.pause_after_ms must be 0..confirm_ms")
         _check(0.0 <= self.min_unexplained < 1.0, "barge_in.min_unexplained must be 0..<1")
         _check(100 <= self.resume_after_ms <= 30_000,
                "barge_in.resume_after_ms must be 100..30000")

@@ -97,6 +97,8 @@ class _Running:
     cancel_reason: str | None = None
     abandoned: bool = False
     """Thrown away unheard: it ends with no ``turn_done`` (the turn itself goes on)."""
+    ended: bool = False
+    """Its ``turn_done`` is on its way: nothing more of it may go out."""
 
 
 class SessionDriver:
@@ -168,14 +170,10 @@ class SessionDriver:
                                                   name=f"judge-{action.turn_id}")
             elif isinstance(action, CancelTurn):
                 await self._cancel(action.turn_id, action.reason)
-            elif isinstance(action, PauseReply):
-                await self._emit(ReplyPaused(turn_id=action.turn_id,
-                                             audio_samples=self.pump.pause(action.turn_id)))
-            elif isinstance(action, ResumeReply):
-                await self._emit(ReplyResumed(turn_id=action.turn_id,
-                                              audio_samples=self.pump.played_samples(
-                                                  action.turn_id)))
-                self.pump.resume(action.turn_id)
+            elif isinstance(action, PauseReply | ResumeReply):
+                running = self._turns.get(action.turn_id)
+                if running is not None and not running.ended:  # not one ended meanwhile
+                    await self._pause_or_resume(action)
             elif isinstance(action, CheckBurst):
                 if self._burst is not None:
                     self._burst.cancel()
@@ -183,6 +181,9 @@ class SessionDriver:
                 self._burst = asyncio.create_task(self._check_burst(action),
                                                   name=f"burst-{action.turn_id}")
             elif isinstance(action, Close):
+                for helper in (self._judge, self._partial, self._burst):
+                    if helper is not None and helper is not asyncio.current_task():
+                        helper.cancel()  # nothing they could answer matters any more
                 await self._on_close(action.reason)
 
     async def _emit(self, event: ServerEvent) -> None:
@@ -262,7 +263,7 @@ class SessionDriver:
 
     async def _cancel(self, turn_id: int, reason: str) -> None:
         running = self._turns.get(turn_id)
-        if running is None or running.cancel_reason is not None:
+        if running is None or running.cancel_reason is not None or running.ended:
             return
         running.cancel_reason = reason
         if (self._burst is not None and self._burst_over == turn_id
@@ -276,6 +277,15 @@ class SessionDriver:
         if audible and reason != "stop":
             await self._emit(ReplyInterrupted(turn_id=turn_id, audio_samples=stopped_at,
                                               reason=reason))
+
+    async def _pause_or_resume(self, action: PauseReply | ResumeReply) -> None:
+        turn_id = action.turn_id
+        if isinstance(action, PauseReply):
+            await self._emit(ReplyPaused(turn_id=turn_id, audio_samples=self.pump.pause(turn_id)))
+            return
+        await self._emit(ReplyResumed(turn_id=turn_id,
+                                      audio_samples=self.pump.played_samples(turn_id)))
+        self.pump.resume(turn_id)
 
     def played(self, turn_id: int, samples: int) -> None:
         """The client's ``playback`` report: it has played ``samples`` of the turn's reply."""
@@ -335,6 +345,7 @@ class SessionDriver:
         try:
             # The session first, so that speech from now on is a new turn, never a
             # continuation of one whose end is on its way.
+            running.ended = True
             finished = self.session.turn_finished(turn_id)
             if self._burst is not None and self._burst_over == turn_id:
                 self._burst.cancel()  # its reply has ended: what the burst was is moot

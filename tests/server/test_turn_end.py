@@ -173,7 +173,7 @@ async def test_multi_megabyte_burst_gets_one_turn_done_per_utterance(
     done = check_one_turn_done_per_utterance(events)
     # 0.5 s gaps: some utterances run together, more so when one that starts over a reply
     # is still being judged as the next begins (they join into one burst).
-    assert len(done) >= 10
+    assert len(done) >= 5
     assert sum(d["status"] == "cancelled" for d in done) >= len(done) // 2  # overtaken
 
 

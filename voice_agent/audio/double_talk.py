@@ -9,8 +9,8 @@ is *not* explained by what was played.
 What was played explains the leftover through a per-band model of the echo's power tail: the
 cleaned frame's power in each band is predicted from the reference's power in that band over
 the last ``TAIL_MS`` (a normalized LMS in the power domain, learned per session while the
-reply plays, after a short warm-up only from frames it mostly explains already). A person's voice is what the
-prediction misses. Pure numpy, one 10 ms frame at a time.
+reply plays, after a short warm-up only from frames it mostly explains already). A person's
+voice is what the prediction misses. Pure numpy, one 10 ms frame at a time.
 """
 
 from __future__ import annotations
