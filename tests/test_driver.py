@@ -297,7 +297,8 @@ async def _interleave(ops: list[tuple[str, int]], end_at: int, steps: int,
         # Delivered: one turn_done per speech_stopped, each after it, none repeated.
         stopped = [e.turn_id for e in out.events if isinstance(e, SpeechStopped)]
         done = delivered_turn_dones(out)
-        assert sorted(done) == sorted(stopped) == h.start_turns
+        # (A burst over a reply may be judged a turn after the next utterance has started.)
+        assert sorted(done) == sorted(stopped) == sorted(h.start_turns)
         position = {id(e): i for i, e in enumerate(out.events)}
         for event in out.events:
             if isinstance(event, TurnDone) and event.status != "backchannel":

@@ -40,10 +40,24 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from voice_agent.actions import (
+    AbandonTurn,
+    Action,
+    CancelTurn,
+    CheckBurst,
+    Close,
+    CommitTurn,
+    Emit,
+    JudgeTurn,
+    PauseReply,
+    ResumeReply,
+    Speculate,
+    StartTurn,
+    Transcribe,
+)
 from voice_agent.audio.double_talk import EchoGate
 from voice_agent.audio.frontend import FRAME_SAMPLES, Frontend
 from voice_agent.audio.pcm import (
@@ -67,14 +81,19 @@ from voice_agent.audio.wake import WakeDetector
 from voice_agent.config import BargeInConfig, TurnConfig, VadConfig
 from voice_agent.server.protocol import (
     ErrorEvent,
-    ServerEvent,
     SpeechResumed,
     SpeechStarted,
     SpeechStopped,
     TranscriptPartial,
     TurnDone,
-    WakeEvent,
 )
+from voice_agent.wake_gate import WakeGate
+
+__all__ = [  # the actions live in voice_agent.actions; re-exported for the session's users
+    "FIXED_SILENCE", "AbandonTurn", "Action", "CancelTurn", "CheckBurst", "Close", "CommitTurn",
+    "Emit", "JudgeTurn", "PauseReply", "ResumeReply", "Session", "Speculate", "StartTurn",
+    "State", "Transcribe", "silence",
+]
 
 FIXED_SILENCE = TurnConfig(endpoint="silence", speculate=False, resume_window_ms=0,
                            partial_interval_ms=0)
@@ -89,108 +108,6 @@ class State(enum.Enum):
     ENDING = "ending"
     CLOSED = "closed"
 
-
-@dataclass(frozen=True)
-class Emit:
-    event: ServerEvent
-
-
-@dataclass(frozen=True)
-class StartTurn:
-    turn_id: int
-    audio: Int16Array = field(repr=False)
-    endpoint_wait_ms: int
-    """Stream time from the last speech frame to the end-of-turn decision."""
-
-
-@dataclass(frozen=True)
-class Speculate:
-    """Start answering ``audio`` before the turn is decided; hold every output until a
-    :class:`CommitTurn`, drop it all on an :class:`AbandonTurn`."""
-
-    turn_id: int
-    audio: Int16Array = field(repr=False)
-    endpoint_wait_ms: int
-    """Stream time from the last speech frame to the start of the speculation."""
-
-
-@dataclass(frozen=True)
-class JudgeTurn:
-    """Ask the end-of-turn model about the utterance at this pause; the answer comes back
-    through :meth:`Session.judged` (until it does, the long silence applies)."""
-
-    turn_id: int
-    audio: Int16Array = field(repr=False)
-    pause_at_ms: int
-    """Which pause this is (stream time of the pause): a late answer to an earlier pause
-    of the same utterance is ignored."""
-
-
-@dataclass(frozen=True)
-class CommitTurn:
-    """The turn being speculated on is decided: release its output and let it finish."""
-
-    turn_id: int
-    endpoint_wait_ms: int
-
-
-@dataclass(frozen=True)
-class AbandonTurn:
-    """Throw the turn's running work away unheard, with no ``turn_done``: the person went on
-    speaking, and the same turn continues."""
-
-    turn_id: int
-
-
-@dataclass(frozen=True)
-class Transcribe:
-    """Transcribe the utterance so far for a ``transcript_partial`` (may be skipped)."""
-
-    turn_id: int
-    audio: Int16Array = field(repr=False)
-    audio_ms: int
-
-
-@dataclass(frozen=True)
-class CancelTurn:
-    turn_id: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class PauseReply:
-    """Sound began over the turn's reply: hold it where it is (``reply_paused``)."""
-
-    turn_id: int
-
-
-@dataclass(frozen=True)
-class ResumeReply:
-    """The sound over the reply was not a turn: play on from where it paused."""
-
-    turn_id: int
-
-
-@dataclass(frozen=True)
-class CheckBurst:
-    """Transcribe the short burst heard over ``paused_turn``'s reply and tell the session
-    whether it is a turn (:meth:`Session.burst_heard`)."""
-
-    turn_id: int
-    paused_turn: int
-    audio: Int16Array = field(repr=False)
-    long: bool = False
-    """It has ``barge_in.confirm_ms`` of speech: Whisper's doubt about its words does not
-    count (talking over a loud reply makes a person's words doubtful too)."""
-
-
-@dataclass(frozen=True)
-class Close:
-    reason: str
-
-
-Action = (Emit | StartTurn | Speculate | JudgeTurn | CommitTurn | AbandonTurn | Transcribe
-          | CancelTurn | PauseReply | ResumeReply | CheckBurst | Close)
 
 REFERENCE_AHEAD_S = 30
 """How far ahead of the input reply audio may be placed as the echo reference."""
@@ -277,10 +194,7 @@ class Session:
         self._burst_speech_ms = 0
         self.echo_gated_frames = 0
         """Frames the VAD called speech that were the reply's own echo."""
-        self._wake = wake
-        self._wake_follow_up_ms = wake_follow_up_ms
-        self._awake_until_ms: int | None = None
-        """Speech is taken until then (None: the wake phrase has not been heard)."""
+        self._wake = WakeGate(wake, follow_up_ms=wake_follow_up_ms) if wake else None
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -336,7 +250,11 @@ class Session:
         self._frontend.feed_reference(reference)
         cleaned = self._frontend.process(frame)
         if self._wake is not None and self._asleep():
-            return self._listen_for_wake(cleaned)
+            changes, heard = self._wake.listen(cleaned, self._endpointer.now_ms)
+            self._endpointer.skip()  # not listened to: no audio reaches ASR before the phrase
+            if heard:
+                self._endpointer.reset()
+            return [Emit(change) for change in changes]
         speech = self._is_speech(cleaned, reference)
         events = self._endpointer.push(cleaned, speech)
         actions = [a for event in events for a in self._on_endpoint(event)]
@@ -369,29 +287,11 @@ class Session:
         return heard
 
     def _asleep(self) -> bool:
-        """Waiting for the wake phrase: nobody is speaking or being answered, and the
-        follow-up window (if any) is over."""
+        """Waiting for the wake phrase: nobody is speaking or being answered, and the gate
+        is closed."""
         if self.state is not State.LISTENING or self._active_turn is not None:
             return False
-        now_ms = self._endpointer.now_ms
-        return self._awake_until_ms is None or now_ms > self._awake_until_ms
-
-    def _listen_for_wake(self, cleaned: Int16Array) -> list[Action]:
-        assert self._wake is not None  # noqa: S101 - only called with a detector
-        actions: list[Action] = []
-        now_ms = self._endpointer.now_ms
-        if self._awake_until_ms is not None:  # the follow-up window just ran out
-            self._awake_until_ms = None
-            self._wake.reset()
-            actions.append(Emit(WakeEvent(state="asleep", phrase=self._wake.phrase,
-                                          audio_ms=now_ms)))
-        self._endpointer.skip()  # not listened to: no audio reaches ASR before the phrase
-        if self._wake.process(cleaned):
-            self._awake_until_ms = now_ms + self._wake_follow_up_ms
-            self._endpointer.reset()  # the phrase itself is not part of what is asked
-            actions.append(Emit(WakeEvent(state="awake", phrase=self._wake.phrase,
-                                          audio_ms=now_ms)))
-        return actions
+        return self._wake is not None and self._wake.closed(self._endpointer.now_ms)
 
     def _maybe_partial(self) -> list[Action]:
         interval, now_ms = self._turn.partial_interval_ms, self._endpointer.now_ms
@@ -653,8 +553,8 @@ class Session:
             held_end, self._held_end, self._held_pause = self._held_end, None, None
             if held_end is not None:
                 actions.extend(self._on_end(held_end))
-        if self._wake is not None and self._awake_until_ms is not None:
-            self._awake_until_ms = self._endpointer.now_ms + self._wake_follow_up_ms
+        if self._wake is not None:
+            self._wake.answered(self._endpointer.now_ms)
         return actions + self._maybe_close()
 
     def end(self) -> list[Action]:
