@@ -103,8 +103,9 @@ class Setting:
 
 def setting(index: int) -> Setting:
     """The ``index``-th room: RIR and delay cycle together over 12 pairs (4 and 3 are
-    coprime), the echo level steps every 12, the noise alternates every 36."""
-    return Setting(RIRS[index % 4], DELAYS_MS[index % 3], ECHO_DB[(index // 12) % 3],
+    coprime), the echo level turns with the delay and shifts by one every 12 (so 36 rooms
+    hold every combination, and any few sessions every level), the noise alternates."""
+    return Setting(RIRS[index % 4], DELAYS_MS[index % 3], ECHO_DB[(index // 12 + index) % 3],
                    NOISES[(index // 36 + index) % 2])
 
 
