@@ -94,6 +94,23 @@ async def test_pause_holds_the_audio_and_resume_sends_again_from_where_it_stoppe
     assert np.all(np.diff(again) == 1)
 
 
+async def test_a_reply_paused_after_all_of_it_was_sent_is_sent_again_from_there() -> None:
+    out = Timed()
+    pump = ReplyPump(out, PlaybackClock(RATE, lead_ms=300))
+    reply = pump.output(1)
+    audio = np.arange(RATE // 5, dtype="<i2").tobytes()  # 200 ms: all sent at once
+    await reply.audio(audio)
+    await asyncio.sleep(0.05)
+    assert len(out.pcm) == len(audio)
+    stopped_at = pump.pause(1)
+    assert stopped_at < RATE // 5
+    pump.resume(1)
+    await asyncio.wait_for(reply.finished(), 5)
+    assert reply.played_samples() == RATE // 5
+    again = np.frombuffer(bytes(out.pcm[len(audio):]), dtype="<i2")
+    assert again[0] == stopped_at and again[-1] == RATE // 5 - 1
+
+
 async def test_stop_drops_the_rest_and_the_turn_hears_it_was_cut() -> None:
     out = Timed()
     pump = ReplyPump(out, PlaybackClock(RATE, lead_ms=200))

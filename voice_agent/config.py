@@ -103,7 +103,9 @@ class TurnConfig:
     a new one. 0 turns this off (every new speech is a new turn or a barge-in)."""
     reply_heard_after_ms: int = 250
     """Reply audio counts as heard this long after it started going out: speech that began
-    earlier was begun before the person could react to the reply."""
+    earlier was begun before the person could react to the reply. Not with an echo
+    reference (a loudspeaker): the reply's own echo starts in that time, so only speech
+    begun before its first audio continues the turn."""
     partial_interval_ms: int = 700
     """While the person speaks, a ``transcript_partial`` at most this often (skipped while the
     previous one is still being transcribed). 0: none."""

@@ -96,6 +96,9 @@ class ReplyPump:
             self._items.append((reply, item))
         reply.queued_items += 1
         self._notify()
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None or self._task.done():  # it ends whenever the queue is empty
             self._task = asyncio.create_task(self._run(), name="reply-pump")
 
@@ -149,7 +152,13 @@ class ReplyPump:
         self._notify()
         if not self._playing(turn_id):
             return 0
-        return self.clock.resume(self._now())
+        position = self.clock.resume(self._now())
+        if not any(r is reply and isinstance(item, int) for r, item in self._items):
+            # All of it had been sent: what the client dropped must be queued again.
+            self._items.appendleft((reply, len(reply.audio)))
+            reply.queued_items += 1
+            self._start()
+        return position
 
     def stop(self, turn_id: int) -> int:
         """Drop the turn's reply from where it was played; returns that sample."""

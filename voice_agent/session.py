@@ -183,6 +183,8 @@ class Session:
         self._checking = False
         """A :class:`CheckBurst` is out: its answer decides the burst, even one that ended."""
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
+        self._echo_fed = False
+        """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
         self._echo_gate = EchoGate(min_unexplained=self._barge.min_unexplained)
@@ -238,6 +240,7 @@ class Session:
         so far: the echo canceller's reference for the input frames it will be heard in."""
         start = self._stream_samples + self._framer.pending + delay_ms * PIPELINE_RATE // 1000
         self._echo.place(start, samples)
+        self._echo_fed = True
 
     def _frame(self, frame: Int16Array) -> list[Action]:
         reference = self._echo.take(self._stream_samples, frame.size)
@@ -378,8 +381,10 @@ class Session:
             return False
         if speech_at_ms - self._decided_at_ms > window:
             return False
-        return (self._audible_at_ms is None
-                or speech_at_ms < self._audible_at_ms + self._turn.reply_heard_after_ms)
+        # With the reply coming back from a loudspeaker (an echo reference is fed), sound
+        # after its first audio may be its own echo: only speech begun before it resumes.
+        grace = 0 if self._echo_fed else self._turn.reply_heard_after_ms
+        return self._audible_at_ms is None or speech_at_ms < self._audible_at_ms + grace
 
     def _on_pause(self, event: SpeechPause) -> list[Action]:
         actions: list[Action] = []
