@@ -83,8 +83,9 @@ def answered(e: ServerEvent) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (room impulse responses)")
-@pytest.mark.xfail(reason="issue 9, open: in the simulated room the reply still sometimes stops on its own "
-                   "echo, or plays on over a person (see the closing note)", strict=False)
+@pytest.mark.xfail(reason="issue 9, open: in the simulated room the reply still sometimes "
+                   "stops on its own echo, or plays on over a person (see the closing note)",
+                   strict=False)
 async def test_its_own_echo_never_interrupts_it(paced_server: VoiceServer) -> None:
     clips = [c for c in speech_clips() if c.path.name.startswith("LJ")]
     url = f"ws://127.0.0.1:{paced_server.port}"
