@@ -251,7 +251,8 @@ class SessionDriver:
             return
         log.debug("turn %d, pause at %d ms: finished with probability %.2f",
                   action.turn_id, action.pause_at_ms, probability)
-        await self.execute(self.session.judged(action.turn_id, action.pause_at_ms, probability))
+        await self._carry_out(self.session.judged(action.turn_id, action.pause_at_ms,
+                                                  probability))
 
     async def _partial_transcript(self, action: Transcribe) -> None:
         try:
@@ -259,7 +260,7 @@ class SessionDriver:
         except Exception as exc:  # a preview that failed is just not shown
             log.debug("partial transcript failed: %r", exc)
             return
-        await self.execute(self.session.partial(action.turn_id, text, action.audio_ms))
+        await self._carry_out(self.session.partial(action.turn_id, text, action.audio_ms))
 
     async def _cancel(self, turn_id: int, reason: str) -> None:
         running = self._turns.get(turn_id)
@@ -312,7 +313,12 @@ class SessionDriver:
             text, self.pump.reply_text(action.paused_turn))
         log.debug("burst over turn %d's reply: %r -> %s", action.paused_turn, text,
                   "a turn" if real else "not a turn")
-        await self.execute(self.session.burst_heard(action.turn_id, real, text or ""))
+        await self._carry_out(self.session.burst_heard(action.turn_id, real, text or ""))
+
+    async def _carry_out(self, actions: list[Action]) -> None:
+        """Actions a helper task got from the session: the session has already moved on (a
+        turn it started must run and end), so cancelling the helper must not cut them off."""
+        await asyncio.shield(self.execute(actions))
 
     async def _turn(self, action: StartTurn | Speculate, running: _Running) -> None:
         turn_id = action.turn_id
