@@ -163,13 +163,12 @@ class ReplyPump:
     def stop(self, turn_id: int) -> int:
         """Drop the turn's reply from where it was played; returns that sample."""
         reply = self._replies.get(turn_id)
-        played = self.played_samples(turn_id)
         if reply is not None and not reply.stopped:
             reply.stopped = True
             if reply is self._current:
                 self.clock.pause(self._now())  # frozen where it stopped
             self._notify()
-        return played
+        return self.played_samples(turn_id)
 
     def forget(self, turn_id: int) -> None:
         """The turn has ended: its reply is no longer needed."""
