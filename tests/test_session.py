@@ -150,7 +150,7 @@ def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
     assert started.event.audio_ms == pytest.approx(2100, abs=20)
     assert session.active_turn is None
     assert session.state is State.USER_SPEAKING
-    # barge_in.confirm_ms (700) of speech from its start: its words are checked.
+    # barge_in.confirm_ms (600) of speech from its start: its words are checked.
     assert feed(session, tone(300)) == []
     check = feed(session, tone(200))
     assert len(check) == 1 and isinstance(check[0], CheckBurst)
