@@ -180,11 +180,7 @@ class TurnRunner:
     async def _transcribe(self, turn: TurnState, audio: Int16Array) -> Transcript:
         """The utterance's transcript. A turn cancelled while it is being made (the person
         went on talking) still waits for it, so its words can lead the next turn."""
-        engines, config = self._engines, self._config
-        work = asyncio.ensure_future(call_in_thread(
-            lambda: engines.asr.transcribe(audio), engines.asr_executor,
-            timeout_s=config.asr.timeout_s, what="speech recognition",
-        ))
+        work = asyncio.ensure_future(self._recognize(audio))
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -196,24 +192,23 @@ class TurnRunner:
                         self._unanswered = f"{self._unanswered} {heard}".strip()
             raise
 
-    async def partial_transcript(self, audio: Int16Array) -> str:
-        """What is heard so far in an open utterance (``transcript_partial``)."""
+    async def _recognize(self, audio: Int16Array) -> Transcript:
+        """Whisper on ``audio``, in the ASR thread, within ``asr.timeout_s``."""
         engines = self._engines
-        transcript = await call_in_thread(
+        return await call_in_thread(
             lambda: engines.asr.transcribe(audio), engines.asr_executor,
             timeout_s=self._config.asr.timeout_s, what="speech recognition",
         )
-        return transcript.text
+
+    async def partial_transcript(self, audio: Int16Array) -> str:
+        """What is heard so far in an open utterance (``transcript_partial``)."""
+        return (await self._recognize(audio)).text
 
     async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str:
         """The words of a burst of sound over the reply; "" when Whisper itself doubts there
         were any (it makes words up from a cough or from what is left of the echo), unless
         ``trust``."""
-        engines = self._engines
-        transcript = await call_in_thread(
-            lambda: engines.asr.transcribe(audio), engines.asr_executor,
-            timeout_s=self._config.asr.timeout_s, what="speech recognition",
-        )
+        transcript = await self._recognize(audio)
         log.debug("burst: %r (no speech %.2f, log probability %.2f)", transcript.text,
                   transcript.no_speech_probability, transcript.log_probability)
         return "" if transcript.doubtful and not trust else transcript.text
