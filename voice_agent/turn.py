@@ -185,11 +185,15 @@ class TurnRunner:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
             speculation = turn.speculation
-            if speculation is None or not speculation.abandoned:  # abandoned: audio joins
-                with contextlib.suppress(Exception):
-                    heard = (await work).text
-                    if any(ch.isalnum() for ch in heard):
-                        self._unanswered = f"{self._unanswered} {heard}".strip()
+            if speculation is not None and speculation.abandoned:
+                # Its audio joins the next utterance: Whisper on it is wasted, and left
+                # queued it would hold up every later transcript in the one ASR thread.
+                work.cancel()
+                raise
+            with contextlib.suppress(Exception):
+                heard = (await work).text
+                if any(ch.isalnum() for ch in heard):
+                    self._unanswered = f"{self._unanswered} {heard}".strip()
             raise
 
     async def _recognize(self, audio: Int16Array) -> Transcript:
