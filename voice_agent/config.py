@@ -167,10 +167,19 @@ class BargeInConfig:
     """Words that over the reply mean "go on", not "stop" (compared case- and
     punctuation-free; a burst made only of these resumes the reply). The last ones are also
     what Whisper makes up, confidently, from noise and from what is left of the echo."""
-    pause_after_ms: int = 150
-    """Speech heard over the reply for this long pauses it. What the echo canceller leaves
-    of the reply comes through in runs mostly shorter than this (``benchmarks/echo.py``),
-    and a person is still stopped within about 200 ms of starting to speak."""
+    pause_after_ms: int = 40
+    """Speech heard over the reply for this long after the VAD's start
+    (``vad.start_speech_ms``) pauses it: some 100 ms of speech in all, so a person is
+    stopped within about 200 ms of starting to speak. What keeps the reply's own echo from
+    pausing it is ``vad_aggressiveness``, the echo gate and ``min_voice_probability``."""
+    vad_aggressiveness: int = 3
+    """webrtcvad mode (0-3) that must also call a frame speech while the reply or its echo
+    plays: mode 2 takes the room's steady noise and the canceller's leftovers for speech."""
+    min_voice_probability: float = 0.1
+    """A burst over the reply pauses it (and can interrupt it) only if Silero gives one of
+    its frames at least this probability of being a voice; 0 turns the check off. Low on
+    purpose: the canceller's suppressor mangles a person talking over the reply, and Silero
+    then scores them low; the echo's leftovers mostly score 0.00."""
     min_unexplained: float = 0.5
     """While the reply plays, a frame counts as speech only when at least this share of its
     energy is not explained by the reply's own echo (``voice_agent.audio.double_talk``):
@@ -184,6 +193,9 @@ class BargeInConfig:
         _check(0 <= self.pause_after_ms <= self.confirm_ms,
                "barge_in.pause_after_ms must be 0..confirm_ms")
         _check(0.0 <= self.min_unexplained < 1.0, "barge_in.min_unexplained must be 0..<1")
+        _check(0 <= self.vad_aggressiveness <= 3, "barge_in.vad_aggressiveness must be 0..3")
+        _check(0.0 <= self.min_voice_probability < 1.0,
+               "barge_in.min_voice_probability must be 0..<1")
         _check(100 <= self.resume_after_ms <= 30_000,
                "barge_in.resume_after_ms must be 100..30000")
 

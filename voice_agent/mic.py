@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from voice_agent.audio.double_talk import over_reply_listener
 from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
 from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16
 from voice_agent.audio.vad import make_vad
@@ -234,6 +235,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
         judge_pauses=engines.turn_end is not None,
         wake=wake_detector(config.wake),
         wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
+        over_reply=over_reply_listener(config.barge_in),
     )
     # A loudspeaker always plays in real time: lead_ms = 0 (unpaced, for recording clients)
     # would queue the whole reply in the player, beyond a barge-in's reach.

@@ -58,7 +58,7 @@ from voice_agent.actions import (
     StartTurn,
     Transcribe,
 )
-from voice_agent.audio.double_talk import EchoGate
+from voice_agent.audio.double_talk import OverReplyListener
 from voice_agent.audio.frontend import FRAME_SAMPLES, Frontend
 from voice_agent.audio.pcm import (
     PIPELINE_RATE,
@@ -135,6 +135,7 @@ class Session:
         barge_in_config: BargeInConfig | None = None,
         wake: WakeDetector | None = None,
         wake_follow_up_ms: int = 8000,
+        over_reply: OverReplyListener | None = None,
     ) -> None:
         """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
         refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
@@ -187,15 +188,16 @@ class Session:
         """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
-        self._echo_gate = EchoGate(min_unexplained=self._barge.min_unexplained)
+        self._listener = over_reply or OverReplyListener(
+            min_unexplained=self._barge.min_unexplained)
         self._pause_sent = False
         """The paused turn's client was told (``reply_paused``): the burst was long enough."""
         self._unannounced: Emit | None = None
         """The ``speech_started`` of a burst over the reply, sent only once it pauses it (a
         blip of echo or a click gets no events at all)."""
         self._burst_speech_ms = 0
-        self.echo_gated_frames = 0
-        """Frames the VAD called speech that were the reply's own echo."""
+        self._burst_voice = 0.0
+        """The best voice score of the burst over the reply so far."""
         self._wake = WakeGate(wake, follow_up_ms=wake_follow_up_ms) if wake else None
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
@@ -266,11 +268,13 @@ class Session:
                 actions.extend(self._maybe_partial())
             if self._paused is not None:
                 self._burst_speech_ms += FRAME_SAMPLES * 1000 // PIPELINE_RATE
-            if (self._paused is not None and not self._pause_sent
+                self._burst_voice = max(self._burst_voice, self._listener.voice_probability)
+            voiced = self._burst_voice >= self._barge.min_voice_probability
+            if (self._paused is not None and not self._pause_sent and voiced
                     and self._burst_speech_ms >= self._barge.pause_after_ms):
                 self._pause_sent, self._paused_at_ms = True, self._endpointer.now_ms
                 actions += [*self._announce(), PauseReply(self._paused)]
-            if (self._paused is not None and not self._long_burst_checked
+            if (self._paused is not None and not self._long_burst_checked and voiced
                     and self._burst_speech_ms >= self._barge.confirm_ms):
                 # Speech long enough to be someone taking the turn (what is left of the echo
                 # comes in short runs): a turn unless its words are the reply's or "go on".
@@ -284,10 +288,7 @@ class Session:
 
     def _is_speech(self, cleaned: Int16Array, reference: Int16Array) -> bool:
         """The VAD's answer, unless the reply's echo explains the sound."""
-        speech = self._vad.is_speech(cleaned)
-        heard = self._echo_gate.frame(reference, cleaned, speech)
-        self.echo_gated_frames += speech and not heard
-        return heard
+        return self._listener.frame(reference, cleaned, self._vad.is_speech(cleaned))
 
     def _asleep(self) -> bool:
         """Waiting for the wake phrase: nobody is speaking or being answered, and the gate
@@ -352,6 +353,7 @@ class Session:
             self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
             self._long_burst_checked = False
             self._pause_sent, self._burst_speech_ms, self._checking = False, 0, False
+            self._burst_voice = self._listener.recent_voice
         self._turn_id += 1
         if self.state is not State.ENDING:
             self.state = State.USER_SPEAKING

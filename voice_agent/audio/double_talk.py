@@ -15,10 +15,15 @@ voice is what the prediction misses. Pure numpy, one 10 ms frame at a time.
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
 from voice_agent.audio.pcm import Int16Array
+from voice_agent.audio.vad import SileroScore, VoiceDetector, WebRtcVad
+from voice_agent.config import BargeInConfig
 
 FRAME = 160
 BANDS = 24
@@ -59,12 +64,17 @@ class EchoGate:
         self.unexplained = 1.0
         """Of the last frame's energy, the share the echo model did not explain."""
 
+    @property
+    def ringing(self) -> bool:
+        """Something played within the last ``TAIL_MS``: its echo may be in the input."""
+        return bool(self._history.max() > QUIET)
+
     def frame(self, reference: Int16Array, cleaned: Int16Array, speech: bool) -> bool:
         """One frame: what was played in it, the cleaned capture and the VAD's answer;
         returns whether it is speech that the echo does not explain."""
         self._history = np.roll(self._history, 1, axis=1)
         self._history[:, 0] = band_powers(reference)
-        if not self._history.max() > QUIET:
+        if not self.ringing:
             self.unexplained = 1.0
             return speech  # nothing rings: the VAD decides alone
         heard = band_powers(cleaned)
@@ -83,3 +93,59 @@ class EchoGate:
         norm = np.einsum("bk,bk->b", self._history, self._history) + 1e-9
         self._weights += STEP * ((heard - echo) / norm)[:, None] * self._history
         np.maximum(self._weights, 0.0, out=self._weights)
+
+
+class VoiceScore(Protocol):
+    def probability(self, frame: Int16Array) -> float:
+        """How likely one 10 ms, 16 kHz frame is a voice (0..1)."""
+        ...
+
+
+RECENT_FRAMES = 8
+"""The voice score a burst starts with: the best of its first frames (the VAD needs a few
+speech frames in a row before a burst begins)."""
+
+
+class OverReplyListener:
+    """Whether a frame is speech, with the reply perhaps ringing in the room.
+
+    Nothing ringing: the session's VAD decides. While the reply or its echo rings, a frame
+    is speech only when the session's VAD, a stricter one (``strict_vad``) and the echo gate
+    all say so. ``voice`` (Silero's probability) is read on every frame: a burst over the
+    reply pauses it only if one of its frames sounds like a voice (see
+    ``BargeInConfig.min_voice_probability``). Measured offline over 36 simulated rooms,
+    432 s of reply, a sentence over each: webrtcvad mode 2 with the echo gate paused the
+    reply 94 times on its own echo and 70 times on the room's noise alone, mode 3 and a
+    Silero score of 0.1 somewhere in the burst 23 and 0 times, and stopped the person
+    sooner (p50 195 ms against 210, p95 400 against 410)."""
+
+    def __init__(self, *, min_unexplained: float, strict_vad: VoiceDetector | None = None,
+                 voice: VoiceScore | None = None) -> None:
+        self._gate = EchoGate(min_unexplained=min_unexplained)
+        self._strict = strict_vad
+        self._voice = voice
+        self._recent: deque[float] = deque(maxlen=RECENT_FRAMES)
+        self.voice_probability = 1.0
+        """The last frame's voice score (1.0 with no ``voice`` scorer: no veto)."""
+
+    @property
+    def recent_voice(self) -> float:
+        """The best voice score of the last ``RECENT_FRAMES`` frames."""
+        return max(self._recent, default=self.voice_probability)
+
+    def frame(self, reference: Int16Array, cleaned: Int16Array, speech: bool) -> bool:
+        if self._voice is not None:
+            self.voice_probability = self._voice.probability(cleaned)
+            self._recent.append(self.voice_probability)
+        heard = self._gate.frame(reference, cleaned, speech)
+        if heard and self._gate.ringing and self._strict is not None:
+            return self._strict.is_speech(cleaned)
+        return heard
+
+
+def over_reply_listener(config: BargeInConfig) -> OverReplyListener:
+    """The listener the configured barge-in settings ask for."""
+    return OverReplyListener(
+        min_unexplained=config.min_unexplained,
+        strict_vad=WebRtcVad(config.vad_aggressiveness),
+        voice=SileroScore() if config.min_voice_probability > 0 else None)

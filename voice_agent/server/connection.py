@@ -20,6 +20,7 @@ import uuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from voice_agent.audio.double_talk import over_reply_listener
 from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import check_rate
 from voice_agent.audio.vad import make_vad
@@ -200,6 +201,7 @@ class Connection:
             barge_in_config=config.barge_in,
             wake=wake_detector(config.wake),
             wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
+            over_reply=over_reply_listener(config.barge_in),
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(
