@@ -49,6 +49,10 @@ class VadConfig:
     """``webrtc`` (default, 10 ms frames, no model) or ``silero`` (needs the silero-vad extra)."""
     aggressiveness: int = 2
     """webrtcvad mode 0-3; higher rejects more non-speech."""
+    confirm_probability: float = 0.3
+    """``webrtc`` engine: a frame is speech only if Silero also gives it (or one of the 50 ms
+    before it) at least this probability (``voice_agent.audio.vad.ConfirmedVad``): webrtcvad
+    alone starts utterances on steady noise. 0: webrtcvad alone."""
     start_speech_ms: int = 60
     """Speech needed (within the start window) before a turn starts; rejects clicks."""
     end_silence_ms: int = 450
@@ -63,6 +67,7 @@ class VadConfig:
     def validate(self) -> None:
         _check(self.engine in ("webrtc", "silero"), "vad.engine must be 'webrtc' or 'silero'")
         _check(0 <= self.aggressiveness <= 3, "vad.aggressiveness must be 0..3")
+        _check(0.0 <= self.confirm_probability < 1.0, "vad.confirm_probability must be 0..<1")
         _check(10 <= self.start_speech_ms <= 1000, "vad.start_speech_ms must be 10..1000")
         _check(100 <= self.end_silence_ms <= 5000, "vad.end_silence_ms must be 100..5000")
         _check(0 <= self.pre_roll_ms <= 2000, "vad.pre_roll_ms must be 0..2000")

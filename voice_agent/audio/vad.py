@@ -74,9 +74,38 @@ class SileroVad:
         return self._score.probability(frame) >= self._threshold
 
 
+CONFIRM_FRAMES = 6
+"""Silero's score is taken over the frame and the 5 before it (60 ms): it scores 32 ms
+windows and lags webrtcvad at a word's onset."""
+
+
+class ConfirmedVad:
+    """webrtcvad's timing, Silero's judgement: a frame is speech when webrtcvad says so and
+    Silero gives it, or one of the ``CONFIRM_FRAMES - 1`` frames before it, at least
+    ``threshold``.
+
+    webrtcvad alone (mode 2) takes steady noise for speech: over 17 sentences with 2 s gaps,
+    through the frontend, with recorded noise at 20 and 10 dB SNR, it called 22-44% of the
+    gaps' frames speech and started 12-45 phantom utterances; a phantom utterance also keeps
+    a real one from ending. Confirmed by Silero at 0.3: 0-7% and 0-5, keeping 95-98% of the
+    speech frames (webrtcvad 97-100%)."""
+
+    def __init__(self, aggressiveness: int, threshold: float) -> None:
+        self._webrtc = WebRtcVad(aggressiveness)
+        self._score = SileroScore()
+        self._threshold = threshold
+        self._recent: deque[float] = deque(maxlen=CONFIRM_FRAMES)
+
+    def is_speech(self, frame: Int16Array) -> bool:
+        self._recent.append(self._score.probability(frame))
+        return self._webrtc.is_speech(frame) and max(self._recent) >= self._threshold
+
+
 def make_vad(config: VadConfig) -> VoiceDetector:
     if config.engine == "silero":
         return SileroVad()
+    if config.confirm_probability > 0:
+        return ConfirmedVad(config.aggressiveness, config.confirm_probability)
     return WebRtcVad(config.aggressiveness)
 
 
