@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
 from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
+from voice_agent.audio.vad import SILERO_MODELS
 from voice_agent.config import Config
 from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
@@ -20,6 +21,9 @@ from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
 
 log = logging.getLogger(__name__)
+PRELOADED_SILERO = 4
+"""Silero models loaded with the engines: two sessions' worth (the VAD and the voice score
+over the reply), so the first sessions start without loading one."""
 
 
 @dataclass
@@ -112,5 +116,8 @@ def load_engines(config: Config, manifest: Manifest | None = None) -> Engines:
         from voice_agent.emotion import warm_up
 
         warm_up()
+    started = time.perf_counter()
+    SILERO_MODELS.preload(PRELOADED_SILERO)
+    seconds["vad"] = time.perf_counter() - started
     log.info("engines loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Engines(asr=asr, llm=llm, tts=tts, turn_end=turn_end, load_seconds=seconds)

@@ -13,6 +13,7 @@ from voice_agent.audio.frontend import FRAME_SAMPLES
 from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.audio.vad import (
     FRAME_MS,
+    ConfirmedVad,
     Endpointer,
     EndpointEvent,
     SpeechDiscarded,
@@ -276,8 +277,9 @@ def test_endpointer_events_are_consistent_for_any_flags(
 # --- the real VAD ---------------------------------------------------------------------
 
 
-def test_make_vad_picks_webrtc_by_default() -> None:
-    assert isinstance(make_vad(VadConfig()), WebRtcVad)
+def test_make_vad_picks_webrtc_confirmed_by_silero_by_default() -> None:
+    assert isinstance(make_vad(VadConfig()), ConfirmedVad)
+    assert isinstance(make_vad(VadConfig(confirm_probability=0)), WebRtcVad)
 
 
 def test_webrtc_vad_rejects_silence_and_faint_noise() -> None:

