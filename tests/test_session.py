@@ -7,6 +7,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from voice_agent.audio.double_talk import OverReplyListener
 from voice_agent.audio.frontend import PassthroughFrontend
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.config import BargeInConfig, VadConfig
@@ -40,11 +41,24 @@ def tone(ms: int, rate: int = 16000, freq: float = 300.0, amplitude: int = 8000)
 
 
 def make_session(rate: int = 16000, *, barge_in: bool = True,
-                 barge_in_config: BargeInConfig | None = None, **vad: object) -> Session:
+                 barge_in_config: BargeInConfig | None = None,
+                 over_reply: OverReplyListener | None = None, **vad: object) -> Session:
     vad_config = VadConfig(**vad)  # type: ignore[arg-type]
     vad_config.validate()
     return Session(vad_config=vad_config, frontend=PassthroughFrontend(), vad=EnergyVad(),
-                   input_rate=rate, barge_in=barge_in, barge_in_config=barge_in_config)
+                   input_rate=rate, barge_in=barge_in, barge_in_config=barge_in_config,
+                   over_reply=over_reply)
+
+
+class ScriptedVoice:
+    """A voice score that says the same for every frame (what Silero would say of a voice,
+    or of what the canceller left of the reply)."""
+
+    def __init__(self, probability: float) -> None:
+        self.value = probability
+
+    def probability(self, frame: np.ndarray) -> float:
+        return self.value
 
 
 def feed(session: Session, pcm: bytes, chunk_ms: int = 20, rate: int = 16000) -> list[Action]:
@@ -135,6 +149,24 @@ def test_too_short_speech_returns_to_listening_and_ends_its_turn_empty() -> None
 
 
 # --- barge-in and cancel ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("voice", [0.0, 0.05])
+def test_a_burst_with_no_voice_in_it_never_pauses_nor_interrupts_the_reply(voice: float) -> None:
+    listener = OverReplyListener(min_unexplained=0.5, voice=ScriptedVoice(voice))
+    session = make_session(barge_in=True, over_reply=listener)
+    speak_one_turn(session)
+    actions = feed(session, tone(1000) + silence(600))  # past pause_after_ms and confirm_ms
+    assert not [a for a in actions if isinstance(a, PauseReply | CheckBurst | CancelTurn)]
+    assert session.active_turn == 1
+
+
+def test_a_burst_with_a_voice_in_it_pauses_the_reply() -> None:
+    listener = OverReplyListener(min_unexplained=0.5, voice=ScriptedVoice(0.2))
+    session = make_session(barge_in=True, over_reply=listener)
+    speak_one_turn(session)
+    actions = feed(session, tone(200))
+    assert PauseReply(1) in actions
 
 
 def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
