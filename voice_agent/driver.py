@@ -276,6 +276,7 @@ class SessionDriver:
             running.runner.cancel()
         # Not started yet: _turn sees cancel_reason and ends the turn without running it.
         if audible and reason != "stop":
+            self.session.reference_dropped()  # the client drops what it has buffered
             await self._emit(ReplyInterrupted(turn_id=turn_id, audio_samples=stopped_at,
                                               reason=reason))
 
@@ -283,6 +284,7 @@ class SessionDriver:
         turn_id = action.turn_id
         if isinstance(action, PauseReply):
             await self._emit(ReplyPaused(turn_id=turn_id, audio_samples=self.pump.pause(turn_id)))
+            self.session.reference_dropped()
             return
         await self._emit(ReplyResumed(turn_id=turn_id,
                                       audio_samples=self.pump.played_samples(turn_id)))
@@ -298,7 +300,7 @@ class SessionDriver:
         self.session.reply_audible(turn_id)
         if self._reference is not None:
             samples = self._reference.process(bytes_to_int16(pcm))
-            self.session.reference(samples, round(delay_s * 1000))
+            self.session.reference(samples, round(delay_s * 1000), follows=delay_s > 0)
 
     async def _check_burst(self, action: CheckBurst) -> None:
         """Transcribe a short burst over the paused reply and tell the session what it was."""

@@ -185,6 +185,8 @@ class Session:
         """A :class:`CheckBurst` is out: its answer decides the burst, even one that ended."""
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
         self._echo_fed = False
+        self._reference_end = 0
+        """Input sample at which the last reference piece placed ends."""
         """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
@@ -237,12 +239,29 @@ class Session:
         return (self.state is State.RESPONDING and not self.barge_in
                 and (self._audible_at_ms is not None or not self._turn.resume_window_ms))
 
-    def reference(self, samples: Int16Array, delay_ms: int = 0) -> None:
+    def reference(self, samples: Int16Array, delay_ms: int = 0, *,
+                  follows: bool = False) -> None:
         """What the appliance plays (16 kHz), starting ``delay_ms`` after the input received
-        so far: the echo canceller's reference for the input frames it will be heard in."""
-        start = self._stream_samples + self._framer.pending + delay_ms * PIPELINE_RATE // 1000
+        so far: the echo canceller's reference for the input frames it will be heard in.
+
+        ``follows``: it plays right after the previous piece (the player's buffer has not run
+        dry), so it is placed at that piece's end, not by ``delay_ms``: a player plays
+        contiguously, and a position estimated for each piece from the event loop's time
+        jitters by tens of milliseconds, an echo path changing every 20 ms that the
+        canceller never converges on."""
+        now = self._stream_samples + self._framer.pending
+        if follows and self._reference_end >= now:
+            start = self._reference_end
+        else:
+            start = now + delay_ms * PIPELINE_RATE // 1000
         self._echo.place(start, samples)
+        self._reference_end = start + samples.size
         self._echo_fed = True
+
+    def reference_dropped(self) -> None:
+        """The player dropped what it had not played yet (the reply paused or stopped)."""
+        self._echo.clear_from(self._stream_samples + self._framer.pending)
+        self._reference_end = 0
 
     def _frame(self, frame: Int16Array) -> list[Action]:
         reference = self._echo.take(self._stream_samples, frame.size)
