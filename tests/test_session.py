@@ -485,3 +485,54 @@ def test_any_operation_sequence_keeps_turns_consistent(
     assert closed
     assert len(started) == len(set(started))
     event(f"turns started: {min(len(started), 3)}")
+
+
+# --- the echo reference ------------------------------------------------------------------
+
+
+class ReferenceTap(PassthroughFrontend):
+    """The frontend, keeping every reference frame the session feeds it."""
+
+    def __init__(self) -> None:
+        self.fed: list[np.ndarray] = []
+
+    def feed_reference(self, frame: np.ndarray) -> None:
+        self.fed.append(frame.copy())
+
+
+def tapped_session() -> tuple[Session, ReferenceTap]:
+    tap = ReferenceTap()
+    session = Session(vad_config=VadConfig(), frontend=tap, vad=EnergyVad(), input_rate=16000)
+    return session, tap
+
+
+def test_a_piece_that_follows_is_placed_right_after_the_last_one_whatever_its_estimate() -> None:
+    session, tap = tapped_session()
+    first, second = np.full(800, 1000, np.int16), np.full(800, 2000, np.int16)
+    session.reference(first, delay_ms=0)
+    session.reference(second, delay_ms=37, follows=True)  # the clock's estimate jittered
+    feed(session, silence(200))
+    played = np.concatenate(tap.fed)
+    assert (played[:800] == 1000).all() and (played[800:1600] == 2000).all()
+    assert not played[1600:].any()
+
+
+def test_a_piece_after_the_player_ran_dry_is_placed_by_its_estimate() -> None:
+    session, tap = tapped_session()
+    session.reference(np.full(160, 1000, np.int16), delay_ms=0)
+    feed(session, silence(100))  # played out, and more: the player's buffer ran dry
+    session.reference(np.full(160, 2000, np.int16), delay_ms=20, follows=True)
+    feed(session, silence(100))
+    played = np.concatenate(tap.fed)
+    assert (played[1600 + 320 : 1600 + 480] == 2000).all()
+    assert not played[1600 : 1600 + 320].any()
+
+
+def test_what_the_player_dropped_is_no_longer_expected_back() -> None:
+    session, tap = tapped_session()
+    session.reference(np.full(16000, 1000, np.int16), delay_ms=0)
+    feed(session, silence(100))
+    session.reference_dropped()  # paused: the client dropped the rest of its buffer
+    feed(session, silence(400))
+    played = np.concatenate(tap.fed)
+    assert (played[:1600] == 1000).all() and not played[1600:].any()

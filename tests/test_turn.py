@@ -274,3 +274,14 @@ async def test_a_thrown_away_speculation_keeps_the_carried_words_for_the_next_tu
     assert not out.events  # held, then dropped
     done = await run.run(2, read_audio(second.path)[0], 450, Recorder())
     assert first.reference.split()[1].lower() in done.transcript.lower(), done.transcript
+
+
+@pytest.mark.parametrize("trust", [False, True])
+async def test_a_burst_of_noise_has_no_words_and_a_sentence_keeps_them(
+        engines: Engines, utterance: tuple, trust: bool) -> None:
+    runner = TurnRunner(engines, make_config(), output_rate=16000)
+    noise = np.random.default_rng(3).normal(0, 300, 16000).astype(np.int16)  # 1 s of hiss
+    assert await runner.hear_burst(noise, trust=trust) == ""
+    reference, audio = utterance
+    heard = await runner.hear_burst(audio, trust=trust)
+    assert reference.split()[0].lower() in heard.lower()
