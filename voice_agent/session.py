@@ -185,9 +185,9 @@ class Session:
         """A :class:`CheckBurst` is out: its answer decides the burst, even one that ended."""
         self._echo = EchoTimeline(REFERENCE_AHEAD_S * PIPELINE_RATE)
         self._echo_fed = False
+        """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._reference_end = 0
         """Input sample at which the last reference piece placed ends."""
-        """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._stream_samples = 0
         """Input samples (16 kHz) framed so far: the echo reference's timeline."""
         self._listener = over_reply or OverReplyListener(
