@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from voice_agent.asr import Transcriber, WhisperAsr
 from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
-from voice_agent.audio.vad import SILERO_MODELS
+from voice_agent.audio.vad import SILERO_MODELS, SILERO_PER_SESSION
 from voice_agent.config import Config
 from voice_agent.errors import ConfigError
 from voice_agent.llm.base import LlmEngine
@@ -21,9 +21,8 @@ from voice_agent.tts.base import TtsEngine
 from voice_agent.tts.piper import PiperTts
 
 log = logging.getLogger(__name__)
-PRELOADED_SILERO = 4
-"""Silero models loaded with the engines: two sessions' worth (the VAD and the voice score
-over the reply), so the first sessions start without loading one."""
+PRELOADED_SILERO = 2 * SILERO_PER_SESSION
+"""Silero models loaded with the engines, so the first sessions start without loading one."""
 
 
 @dataclass

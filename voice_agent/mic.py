@@ -34,10 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voice_agent.audio.double_talk import over_reply_listener
+from voice_agent.audio.double_talk import session_listeners
 from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
 from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16
-from voice_agent.audio.vad import make_vad
 from voice_agent.audio.wake import wake_detector
 from voice_agent.barge_in import BurstJudge
 from voice_agent.config import Config, PlaybackConfig
@@ -224,10 +223,11 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
     # Half-duplex never feeds a reference: no canceller to pay for.
     frontend_config = (config.frontend if duplex
                        else dataclasses.replace(config.frontend, echo_cancellation=False))
+    vad, over_reply = session_listeners(config.vad, config.barge_in)
     session = Session(
         vad_config=config.vad,
         frontend=make_frontend(frontend_config),
-        vad=make_vad(config.vad),
+        vad=vad,
         input_rate=PIPELINE_RATE,
         barge_in=duplex,
         barge_in_config=config.barge_in,
@@ -235,7 +235,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
         judge_pauses=engines.turn_end is not None,
         wake=wake_detector(config.wake),
         wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
-        over_reply=over_reply_listener(config.barge_in),
+        over_reply=over_reply,
     )
     # A loudspeaker always plays in real time: lead_ms = 0 (unpaced, for recording clients)
     # would queue the whole reply in the player, beyond a barge-in's reach.

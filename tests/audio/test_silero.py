@@ -68,3 +68,14 @@ def test_a_models_state_does_not_follow_it_into_the_next_session() -> None:
     del used  # its model goes back to the pool, to be reset before it is used again
     again = SileroScore()
     assert [again.probability(f) for f in Framer(FRAME_SAMPLES).push(samples[:8000])] == fresh
+
+
+def test_one_scorer_serves_both_listeners_of_a_stream() -> None:
+    """A session's VAD and its over-the-reply listener ask one scorer about each frame: the
+    second ask must not feed the frame again (a stream model would hear it twice)."""
+    samples, _ = read_audio(harvard_clips()[0].path)
+    alone, shared = SileroScore(), SileroScore()
+    for frame in Framer(FRAME_SAMPLES).push(samples):
+        expected = alone.probability(frame)
+        assert shared.probability(frame) == expected
+        assert shared.probability(frame) == expected

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from voice_agent.audio.pcm import Int16Array
-from voice_agent.audio.vad import SileroScore, VoiceDetector, WebRtcVad
-from voice_agent.config import BargeInConfig
+from voice_agent.audio.vad import SileroScore, VoiceDetector, WebRtcVad, make_vad
+from voice_agent.config import BargeInConfig, VadConfig
 
 FRAME = 160
 BANDS = 24
@@ -46,9 +46,15 @@ EXPLAINED_MARGIN = 2.0
 FloatArray = npt.NDArray[np.float64]
 
 
+_BAND_STARTS = np.cumsum([0] + [len(b) for b in np.array_split(np.arange(FRAME // 2), BANDS)])
+_BAND_SIZES = np.diff(_BAND_STARTS)
+
+
 def band_powers(frame: Int16Array) -> FloatArray:
+    """Mean power per band of ``BANDS`` near-equal bands over the bins above DC."""
     spectrum = np.abs(np.fft.rfft(np.asarray(frame, dtype=np.float64), FRAME)) ** 2
-    return np.array([band.mean() for band in np.array_split(spectrum[1:], BANDS)])
+    sums: FloatArray = np.add.reduceat(spectrum[1:], _BAND_STARTS[:-1])
+    return sums / _BAND_SIZES
 
 
 class EchoGate:
@@ -145,9 +151,20 @@ class OverReplyListener:
         return heard if self._gate.ringing else speech
 
 
-def over_reply_listener(config: BargeInConfig) -> OverReplyListener:
-    """The listener the configured barge-in settings ask for."""
+def over_reply_listener(config: BargeInConfig, voice: SileroScore | None = None
+                        ) -> OverReplyListener:
+    """The listener the configured barge-in settings ask for; ``voice``: the session's
+    Silero scorer, shared with its VAD (a new one when none is given)."""
     return OverReplyListener(
         min_unexplained=config.min_unexplained,
         strict_vad=WebRtcVad(config.vad_aggressiveness),
-        voice=SileroScore() if config.min_voice_probability > 0 else None)
+        voice=(voice or SileroScore()) if config.min_voice_probability > 0 else None)
+
+
+def session_listeners(vad: VadConfig, barge_in: BargeInConfig
+                      ) -> tuple[VoiceDetector, OverReplyListener]:
+    """A session's VAD and its over-the-reply listener, sharing one Silero scorer."""
+    needs_silero = (vad.engine == "silero" or vad.confirm_probability > 0
+                    or barge_in.min_voice_probability > 0)
+    score = SileroScore() if needs_silero else None
+    return make_vad(vad, score), over_reply_listener(barge_in, score)

@@ -40,6 +40,9 @@ class WebRtcVad:
 
 SILERO_KEEP_IDLE = 32
 """Loaded Silero models kept for the next sessions (each holds a few MB)."""
+SILERO_PER_SESSION = 1
+"""Silero models a session takes: one scorer serves its VAD and the voice score over the
+reply."""
 
 
 class _SileroModels:
@@ -69,8 +72,12 @@ class _SileroModels:
                 self._idle.append(model)
 
     def preload(self, count: int) -> None:
-        """Have ``count`` models loaded before the first sessions need them."""
-        models = [self.take() for _ in range(count)]
+        """Have at least ``count`` models idle, loading what is missing. Loading releases
+        the interpreter's lock, so a server calls this in a worker thread before it builds a
+        session: a burst of new sessions then never loads models on the event loop."""
+        with self._lock:
+            missing = count - len(self._idle)
+        models = [self.take() for _ in range(max(0, missing))]
         for model in models:
             self.give_back(model)
 
@@ -83,6 +90,11 @@ class SileroScore:
 
     Silero scores 32 ms windows; each 10 ms frame gets the score of the newest full window.
     Its model goes back to :data:`SILERO_MODELS` when this is collected.
+
+    One scorer may serve several listeners of one stream (a session's VAD and its
+    over-the-reply listener): the same frame object asked about again is not fed twice,
+    its score is returned. A stream scorer must see each frame once, and a model per
+    listener would double both the work per frame and the models per session.
     """
 
     WINDOW = 512
@@ -92,9 +104,13 @@ class SileroScore:
         weakref.finalize(self, SILERO_MODELS.give_back, self._vad)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._last = 0.0
+        self._last_frame: Int16Array | None = None
 
     def probability(self, frame: Int16Array) -> float:
         """Speech probability (0..1) of the newest 32 ms window, ``frame`` included."""
+        if frame is self._last_frame:
+            return self._last
+        self._last_frame = frame
         self._buffer = np.concatenate([self._buffer, frame.astype(np.float32) / 32768.0])
         while self._buffer.size >= self.WINDOW:
             window, self._buffer = self._buffer[: self.WINDOW], self._buffer[self.WINDOW :]
@@ -105,8 +121,8 @@ class SileroScore:
 class SileroVad:
     """Silero VAD as a speech / no-speech detector: its probability against a threshold."""
 
-    def __init__(self, threshold: float = 0.5) -> None:
-        self._score = SileroScore()
+    def __init__(self, threshold: float = 0.5, score: SileroScore | None = None) -> None:
+        self._score = score or SileroScore()
         self._threshold = threshold
 
     def is_speech(self, frame: Int16Array) -> bool:
@@ -129,9 +145,10 @@ class ConfirmedVad:
     a real one from ending. Confirmed by Silero at 0.3: 0-7% and 0-5, keeping 95-98% of the
     speech frames (webrtcvad 97-100%)."""
 
-    def __init__(self, aggressiveness: int, threshold: float) -> None:
+    def __init__(self, aggressiveness: int, threshold: float,
+                 score: SileroScore | None = None) -> None:
         self._webrtc = WebRtcVad(aggressiveness)
-        self._score = SileroScore()
+        self._score = score or SileroScore()
         self._threshold = threshold
         self._recent: deque[float] = deque(maxlen=CONFIRM_FRAMES)
 
@@ -140,11 +157,13 @@ class ConfirmedVad:
         return self._webrtc.is_speech(frame) and max(self._recent) >= self._threshold
 
 
-def make_vad(config: VadConfig) -> VoiceDetector:
+def make_vad(config: VadConfig, score: SileroScore | None = None) -> VoiceDetector:
+    """The configured VAD; ``score``: a Silero scorer it shares with the session's other
+    listener (see :class:`SileroScore`), if it needs one."""
     if config.engine == "silero":
-        return SileroVad()
+        return SileroVad(score=score)
     if config.confirm_probability > 0:
-        return ConfirmedVad(config.aggressiveness, config.confirm_probability)
+        return ConfirmedVad(config.aggressiveness, config.confirm_probability, score)
     return WebRtcVad(config.aggressiveness)
 
 

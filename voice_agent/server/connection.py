@@ -20,10 +20,10 @@ import uuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from voice_agent.audio.double_talk import over_reply_listener
+from voice_agent.audio.double_talk import session_listeners
 from voice_agent.audio.frontend import make_frontend
-from voice_agent.audio.pcm import check_rate
-from voice_agent.audio.vad import make_vad
+from voice_agent.audio.pcm import bytes_to_int16, check_rate
+from voice_agent.audio.vad import SILERO_MODELS, SILERO_PER_SESSION
 from voice_agent.audio.wake import wake_detector
 from voice_agent.barge_in import BurstJudge
 from voice_agent.config import Config
@@ -53,6 +53,9 @@ from voice_agent.session import Action, Emit, Session
 from voice_agent.turn import TurnRunner
 
 log = logging.getLogger(__name__)
+
+AUDIO_SLICE_S = 0.1
+"""Longest piece of one client message processed without yielding to the loop."""
 
 
 class Connection:
@@ -189,10 +192,12 @@ class Connection:
         turns = TurnRate(limits.turns_per_minute)
         pacer = InputPacer(limits.max_input_speed, limits.input_burst_s, clock())
         timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
+        await asyncio.to_thread(SILERO_MODELS.preload, SILERO_PER_SESSION)
+        vad, over_reply = session_listeners(config.vad, config.barge_in)
         session = Session(
             vad_config=config.vad,
             frontend=make_frontend(config.frontend),
-            vad=make_vad(config.vad),
+            vad=vad,
             input_rate=start.sample_rate,
             turn_gate=lambda: turns.allow(clock()),
             turn_config=config.turn,
@@ -201,7 +206,7 @@ class Connection:
             barge_in_config=config.barge_in,
             wake=wake_detector(config.wake),
             wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
-            over_reply=over_reply_listener(config.barge_in),
+            over_reply=over_reply,
         )
         runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
         self._driver = driver = SessionDriver(
@@ -228,22 +233,38 @@ class Connection:
             try:
                 if isinstance(message, bytes):
                     timer.activity(clock())
-                    if pacer.admit(len(message) / 2 / start.sample_rate, clock()):
-                        actions = session.audio(message)
-                    else:  # faster than max_input_speed: its DSP would starve others
-                        session.drop(message, "too_fast")
-                        actions = []
+                    if not pacer.admit(len(message) / 2 / start.sample_rate, clock()):
+                        session.drop(message, "too_fast")  # its DSP would starve others
+                        continue
+                    await self._audio(session, driver, message, start.sample_rate)
                 else:
                     actions = self._control(session, decode_client(message))
+                    if not self._draining:
+                        await driver.execute(actions)
             except VoiceAgentError as exc:
                 await self._client_error(exc)
                 continue
+            if self._closing:
+                break
+            await asyncio.sleep(0)  # one client's queued audio never monopolizes the loop
+
+    async def _audio(self, session: Session, driver: SessionDriver, pcm: bytes,
+                     sample_rate: int) -> None:
+        """Feed ``pcm`` to the session in slices of at most ``AUDIO_SLICE_S``, yielding to
+        the loop between them: the DSP costs about 1 ms per 10 ms of audio, so one
+        maximum-size message (2 s) run in one go stalled every other session for 200 ms (and
+        for over 0.6 s with the interpreter's lock contended)."""
+        bytes_to_int16(pcm)  # an odd byte count is refused whole, before any of it is heard
+        step = 2 * max(1, round(sample_rate * AUDIO_SLICE_S))
+        for offset in range(0, len(pcm), step):
+            actions = session.audio(pcm[offset:offset + step])
             if self._draining:
                 continue  # shutting down: no new turns; drain() ends the session
             await driver.execute(actions)
             if self._closing:
-                break
-            await asyncio.sleep(0)  # one client's queued audio never monopolizes the loop
+                return
+            if offset + step < len(pcm):
+                await asyncio.sleep(0)
 
     async def _expire(self, reason: str) -> None:
         """End a session that reached a limit (``idle``, ``max_duration``): running turns
