@@ -27,9 +27,16 @@ def make_config(**overrides: dict[str, object]) -> Config:
     return load_config(env={}, overrides=sections)
 
 
+SHARED_FIRST_TOKEN_TIMEOUT_S = 10.0
+"""The shared engines' first-output limit. They serve every test on a shared CI machine,
+where the product's 3 s turned a slow moment into failed turns in unrelated tests (and a
+breaker opened on them). Timeouts are tested with engines of their own (test_fallback,
+test_scheduler, test_turn)."""
+
+
 @pytest.fixture(scope="session")
 def engines() -> Iterator[Engines]:
-    loaded = load_engines(make_config())
+    loaded = load_engines(make_config(llm={"first_token_timeout_s": SHARED_FIRST_TOKEN_TIMEOUT_S}))
     yield loaded
     loaded.close()
 

@@ -268,7 +268,9 @@ async def test_client_that_stops_reading_is_closed_within_the_send_timeout(
     await ws.close()
     assert sessions_open(fresh_server) == 0, "the non-reading client was never closed"
     assert blocked_at is not None
-    assert closed_at - blocked_at < SEND_TIMEOUT_S + 2.0
+    # The slack covers the teardown on a loaded machine (2.9 s seen in CI); what this rules
+    # out is a connection held until the keepalive's 20 s, or forever.
+    assert closed_at - blocked_at < SEND_TIMEOUT_S + 5.0
 
 
 def server_output_backed_up(server: VoiceServer) -> bool:
