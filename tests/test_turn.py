@@ -57,7 +57,10 @@ async def test_llm_that_hangs_is_reported_within_its_budget(
     out = Recorder()
     started = time.perf_counter()
     done = await runner_with(engines, llm, first_token_timeout_s=1.0).run(1, utterance[1], 450, out)
-    assert time.perf_counter() - started < 1.0 + 2.0  # + ASR time
+    # The budget starts when the engine does: Whisper's time before it (slow on a loaded
+    # machine) is not the engine's.
+    after_asr = time.perf_counter() - started - done.timings_ms["asr_ms"] / 1000
+    assert after_asr < 1.0 + 1.5, done.timings_ms
     assert done.status == "error"
     errors = [e for e in out.events if isinstance(e, ErrorEvent)]
     assert [(e.code, e.transient, e.turn_id) for e in errors] == [("engine_timeout", True, 1)]
