@@ -77,7 +77,7 @@ class PacedRunner:
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
                   out: TurnOutput, *, speculation: Speculation | None = None,
-                  playback: ReplyPlayback | None = None) -> TurnDone:
+                  playback: ReplyPlayback | None = None, text: str = "") -> TurnDone:
         self.started.append(turn_id)
         status = "ok"
         if speculation is not None:

@@ -318,7 +318,7 @@ async def test_the_echo_reference_is_what_was_played_in_step(
     """The canceller gets exactly the samples written to the loudspeaker, each beside the
     capture block recorded while it was written: the echo in the microphone is the
     reference DELAY_MS later (a room with no reverberation, so the delay is exact)."""
-    import voice_agent.mic
+    import voice_agent.appliance
     from voice_agent.audio.frontend import make_frontend as real
 
     made: list[RecordingFrontend] = []
@@ -327,7 +327,7 @@ async def test_the_echo_reference_is_what_was_played_in_step(
         made.append(RecordingFrontend(real(config)))
         return made[-1]
 
-    monkeypatch.setattr(voice_agent.mic, "make_frontend", recording)
+    monkeypatch.setattr(voice_agent.appliance, "make_frontend", recording)
     room = Room(rir=np.array([1.0]), echo_gain=0.5)
     question, _ = clip("spk1_snt2", 0)
     room.say(question, 0.5)

@@ -20,6 +20,8 @@ class StartTurn:
     audio: Int16Array = field(repr=False)
     endpoint_wait_ms: int
     """Stream time from the last speech frame to the end-of-turn decision."""
+    text: str = ""
+    """A typed turn's words (``audio`` is then empty): answered without ASR."""
 
 
 @dataclass(frozen=True)

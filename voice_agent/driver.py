@@ -74,7 +74,7 @@ class Runner(Protocol):
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
                   out: TurnOutput, *, speculation: Speculation | None = None,
-                  playback: ReplyPlayback | None = None) -> TurnDone: ...
+                  playback: ReplyPlayback | None = None, text: str = "") -> TurnDone: ...
 
     async def partial_transcript(self, audio: Int16Array) -> str: ...
 
@@ -328,9 +328,11 @@ class SessionDriver:
         try:
             if (running.cancel_reason is None and not running.abandoned
                     and not self._output_failed):
+                text = action.text if isinstance(action, StartTurn) else ""
                 running.runner = asyncio.create_task(self.runner.run(
                     turn_id, action.audio, action.endpoint_wait_ms, running.speculation.out,
-                    speculation=running.speculation, playback=self.pump.output(turn_id)))
+                    speculation=running.speculation, playback=self.pump.output(turn_id),
+                    text=text))
                 done = await self._result(turn_id, running.runner)
             if running.abandoned:
                 return  # no end: the person went on speaking, and the turn with them

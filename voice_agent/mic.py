@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import sys
 import threading
 import time
@@ -34,13 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voice_agent.audio.double_talk import session_listeners
-from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
+from voice_agent.appliance import Appliance, SessionOptions
+from voice_agent.audio.frontend import FRAME_SAMPLES
 from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16
-from voice_agent.audio.wake import wake_detector
-from voice_agent.barge_in import BurstJudge
 from voice_agent.config import Config, PlaybackConfig
-from voice_agent.driver import SessionDriver
 from voice_agent.engines import Engines
 from voice_agent.errors import DeviceError
 from voice_agent.playback import PlaybackClock
@@ -54,8 +50,6 @@ from voice_agent.server.protocol import (
     TurnDone,
     WakeEvent,
 )
-from voice_agent.session import Session
-from voice_agent.turn import TurnRunner
 
 ECHO_TAIL_S = 0.3
 """Half-duplex: input stays muted this long after playback ends (room reverberation)."""
@@ -220,23 +214,6 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
     sounddevice = open_sounddevice(sounddevice_module)
     loop = asyncio.get_running_loop()
     duplex = is_full_duplex(config, half_duplex=half_duplex)
-    # Half-duplex never feeds a reference: no canceller to pay for.
-    frontend_config = (config.frontend if duplex
-                       else dataclasses.replace(config.frontend, echo_cancellation=False))
-    vad, over_reply = session_listeners(config.vad, config.barge_in)
-    session = Session(
-        vad_config=config.vad,
-        frontend=make_frontend(frontend_config),
-        vad=vad,
-        input_rate=PIPELINE_RATE,
-        barge_in=duplex,
-        barge_in_config=config.barge_in,
-        turn_config=config.turn,
-        judge_pauses=engines.turn_end is not None,
-        wake=wake_detector(config.wake),
-        wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
-        over_reply=over_reply,
-    )
     # A loudspeaker always plays in real time: lead_ms = 0 (unpaced, for recording clients)
     # would queue the whole reply in the player, beyond a barge-in's reach.
     clock = PlaybackClock(PIPELINE_RATE,
@@ -260,11 +237,13 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
     async def on_close(reason: str) -> None:
         return None
 
-    # The reply is made at 16 kHz, so what is written to the device is the reference as is.
-    runner = TurnRunner(engines, config, PIPELINE_RATE)
-    driver = SessionDriver(
-        session, runner, TerminalOutput(player, clock, on_event), on_close, clock=clock,
-        echo_reference=False, burst_judge=BurstJudge(config.barge_in.backchannels))
+    # The reply is made at 16 kHz, so what is written to the device is the reference as is;
+    # half-duplex runs no canceller (it never gets a reference).
+    appliance = Appliance(engines, config)
+    options = SessionOptions(full_duplex=duplex, echo_reference=False)
+    driver = await appliance.open_session(
+        options, TerminalOutput(player, clock, on_event), on_close, clock=clock)
+    session = driver.session
     stream = sounddevice.RawStream(
         samplerate=PIPELINE_RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES,
         latency="low", callback=on_block,
@@ -272,7 +251,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
     mode = ("full duplex: speak over it to interrupt" if duplex
             else "half-duplex: the microphone is muted while it speaks")
     print(f"voice-agent: listening on the microphone ({mode}; Ctrl-C stops)", file=sys.stderr)
-    probes = asyncio.create_task(engines.llm.probe_forever())
+    appliance.start()
     with stream:
         try:
             while stop is None or not stop.is_set():
@@ -291,7 +270,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
                     driver.played(*block.played)
                 await driver.execute(session.audio(block.captured))
         finally:
-            probes.cancel()
+            await appliance.stop()
             await driver.stop()
     stats = session.input_stats()
     if player.dropped_samples:

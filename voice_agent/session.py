@@ -109,6 +109,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+HELD_INPUT_MAX_S = 120
+"""With turn detection off, input held beyond this before a commit is dropped (counted)."""
 REFERENCE_AHEAD_S = 30
 """How far ahead of the input reply audio may be placed as the echo reference."""
 
@@ -136,6 +138,7 @@ class Session:
         wake: WakeDetector | None = None,
         wake_follow_up_ms: int = 8000,
         over_reply: OverReplyListener | None = None,
+        turn_detection: bool = True,
     ) -> None:
         """``turn_gate`` is asked before each utterance's turn starts (turns per minute); a
         refused utterance gets ``rate_limited`` and its ``turn_done`` (status ``error``) at
@@ -143,7 +146,8 @@ class Session:
         (``JudgeTurn``) when ``turn.endpoint`` is ``smart``; without one the fixed
         ``vad.end_silence_ms`` decides. ``wake``: the wake phrase detector (None: always
         listening); ``wake_follow_up_ms``: how long speech is taken after the phrase and
-        after each answer."""
+        after each answer. ``turn_detection`` off: the input is cleaned and held until the
+        owner commits it (:meth:`commit`); no turn starts on its own."""
         self.state = State.LISTENING
         self._turn_gate = turn_gate
         self.barge_in = barge_in
@@ -201,6 +205,9 @@ class Session:
         self._burst_voice = 0.0
         """The best voice score of the burst over the reply so far."""
         self._wake = WakeGate(wake, follow_up_ms=wake_follow_up_ms) if wake else None
+        self._held_input: list[Int16Array] | None = None if turn_detection else []
+        """With turn detection off: the cleaned input since the last commit or clear."""
+        self._held_samples = 0
         self.processed_samples = 0
         self.dropped: Counter[str] = Counter()
         self.muted = False
@@ -273,6 +280,14 @@ class Session:
         self.processed_samples += frame.size
         self._frontend.feed_reference(reference)
         cleaned = self._frontend.process(frame)
+        if self._held_input is not None:
+            self._endpointer.skip()
+            if self._held_samples + cleaned.size > HELD_INPUT_MAX_S * PIPELINE_RATE:
+                self.dropped["held_full"] += cleaned.size
+            else:
+                self._held_input.append(cleaned)
+                self._held_samples += cleaned.size
+            return []
         if self._wake is not None and self._asleep():
             changes, heard = self._wake.listen(cleaned, self._endpointer.now_ms)
             self._endpointer.skip()  # not listened to: no audio reaches ASR before the phrase
@@ -528,6 +543,60 @@ class Session:
         self._decided_at_ms, self._audible_at_ms = event.at_ms, None
         if self.state is not State.ENDING:
             self.state = State.RESPONDING
+        return actions
+
+    def commit(self) -> list[Action]:
+        """The owner ends the input here (a client's hand commit): with turn detection off,
+        the held input is a turn; with it on, the open utterance ends now. Nothing heard:
+        no turn (``[]``)."""
+        if self._held_input is None:
+            return [a for event in self._endpointer.flush() for a in self._on_endpoint(event)]
+        if not self._held_samples:
+            return [Emit(ErrorEvent(code="empty_commit", message="no audio to commit"))]
+        audio = np.concatenate(self._held_input)
+        self.clear()
+        actions = self._hand_turn(audio, "")
+        if not actions:
+            return []
+        now_ms = self._endpointer.now_ms
+        committed = SpeechStopped(turn_id=self._turn_id, audio_ms=now_ms,
+                                  speech_end_ms=now_ms, reason="commit")
+        return [Emit(committed), *actions]
+
+    def set_turn_detection(self, on: bool) -> None:
+        """Turn detection on or off from now (a client's session update); input held for a
+        commit is forgotten when it comes on."""
+        if on:
+            self._held_input, self._held_samples = None, 0
+        elif self._held_input is None:
+            self._endpointer.reset()  # an open utterance is dropped: the client commits now
+            self._held_input = []
+            if self.state is State.USER_SPEAKING:
+                self.state = State.LISTENING
+
+    def clear(self) -> None:
+        """Forget the input held since the last commit (turn detection off)."""
+        if self._held_input is not None:
+            self._held_input.clear()
+            self._held_samples = 0
+
+    def text_turn(self, text: str) -> list[Action]:
+        """A turn of typed words: answered like speech, with no audio."""
+        return self._hand_turn(np.zeros(0, np.int16), text)
+
+    def _hand_turn(self, audio: Int16Array, text: str) -> list[Action]:
+        """A turn the owner starts: it takes the floor from a reply still running."""
+        if self.state in (State.ENDING, State.CLOSED):
+            return []
+        actions = self.cancel()
+        self._turn_id += 1
+        if self._turn_gate is not None and not self._turn_gate():
+            return actions + self._refuse_turn(self._turn_id)
+        actions.append(StartTurn(turn_id=self._turn_id, audio=audio, endpoint_wait_ms=0,
+                                 text=text))
+        self._active_turn = self._turn_id
+        self._decided_at_ms, self._audible_at_ms = self._endpointer.now_ms, None
+        self.state = State.RESPONDING
         return actions
 
     def _refuse_turn(self, turn_id: int) -> list[Action]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from contextlib import aclosing
+
+import numpy as np
 
 from voice_agent.aio import call_in_thread
 from voice_agent.asr import Transcript
@@ -66,6 +69,7 @@ class TurnRunner:
         self._speaker = Speaker(engines, config, output_rate)
         self._send_reasoning = send_reasoning
         self.conversation = Conversation(system_prompt(config), config.llm.history_turns)
+        self._instructions = config.llm.system_prompt
         self.emotion = EmotionTracker()
         """This speaker's baseline (loudness, pitch, rate), learned over the session."""
         self._unanswered = ""
@@ -74,9 +78,22 @@ class TurnRunner:
         (an utterance cut at ``vad.max_utterance_s`` while they go on talking, a decision
         the resume window could not undo)."""
 
+    @property
+    def instructions(self) -> str:
+        """This session's system prompt, as configured (before any emotion-tag rules)."""
+        return self._instructions
+
+    @instructions.setter
+    def instructions(self, text: str) -> None:
+        self._instructions = text
+        config = dataclasses.replace(self._config,
+                                     llm=dataclasses.replace(self._config.llm, system_prompt=text))
+        self.conversation.system_prompt = system_prompt(config)
+
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
         *, speculation: Speculation | None = None, playback: ReplyPlayback | None = None,
+        text: str = "",
     ) -> TurnDone:
         """Run the turn; returns its terminal event (also when cancelled or failed).
 
@@ -84,13 +101,17 @@ class TurnRunner:
         speculation's held output, and the run ends only once the turn is committed (it is
         cancelled if it never is). With ``playback`` the run ends once the reply has been
         played, and the conversation keeps only what was (cut at the last word played when
-        the turn is cancelled midway: a barge-in)."""
+        the turn is cancelled midway: a barge-in). ``text``: a typed turn, answered without
+        ASR (``audio`` is not listened to)."""
         turn = TurnState(turn_id, speculation.out if speculation else out, speculation=speculation,
                      chunker=self._chunker())
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
         try:
-            await self._run(turn, audio)
+            if text:
+                await self._run_text(turn, text)
+            else:
+                await self._run(turn, audio)
             if speculation is not None:
                 await speculation.decided()
                 if speculation.endpoint_wait_ms is not None:  # it started before the decision
@@ -176,6 +197,19 @@ class TurnRunner:
             speculation.preempted = False
             await speculation.out.release()
             await self._respond(turn)
+
+    async def _run_text(self, turn: TurnState, text: str) -> None:
+        """A typed turn: its words are the transcript (sent back like one); its emotion
+        tag comes from the words alone."""
+        turn.timings["asr_ms"] = 0.0
+        turn.transcript = f"{self._unanswered} {text.strip()}".strip()
+        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
+                                             asr_ms=0.0))
+        if not turn.transcript:
+            return
+        turn.note = await self._hear_emotion(turn, np.zeros(0, np.int16),
+                                             Transcript(turn.transcript, ""))
+        await self._respond(turn)
 
     def _chunker(self) -> SentenceChunker:
         tts = self._config.tts
@@ -274,9 +308,10 @@ class TurnRunner:
         started = time.perf_counter()
         try:
             # Pure numpy, about 10 ms for 5 s of speech: off the loop, no model to wait on.
+            # Typed words (no audio) say nothing of the voice: kept out of its baseline.
             tag: EmotionTag = await asyncio.to_thread(
                 analyze, audio, transcript.text, language=transcript.language,
-                words=transcript.words, tracker=self.emotion)
+                words=transcript.words, tracker=self.emotion if audio.size else None)
         except Exception:
             log.exception("turn %d: emotion analysis failed", turn.turn_id)
             return ""

@@ -1,8 +1,10 @@
-"""One client connection of the native WebSocket protocol.
+"""One client connection, whatever protocol it speaks (its :class:`~voice_agent.server.wire.Wire`).
 
-A :class:`Connection` checks the client's ``start`` (rates, access token), takes a session
-slot, then decodes messages, feeds the I/O-free :class:`~voice_agent.session.Session` and
-hands its actions to a :class:`~voice_agent.driver.SessionDriver`. It enforces the
+A :class:`Connection` checks the client's ``start`` (rates, access token; implicit for a
+protocol without one), takes a session slot, opens the session through the
+:class:`~voice_agent.appliance.Appliance`, then decodes messages, feeds the I/O-free
+:class:`~voice_agent.session.Session` and hands its actions to a
+:class:`~voice_agent.driver.SessionDriver`. It enforces the
 per-session limits (input speed, turns per minute, idle and maximum length), sends every
 event and reply frame through one path with a send timeout, and drains on shutdown. Client
 mistakes get a coded ``error`` event and the session goes on; only protocol violations
@@ -13,30 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from voice_agent.audio.double_talk import session_listeners
-from voice_agent.audio.frontend import make_frontend
+from voice_agent.appliance import Appliance, SessionOptions
 from voice_agent.audio.pcm import bytes_to_int16, check_rate
-from voice_agent.audio.vad import SILERO_MODELS, SILERO_PER_SESSION
-from voice_agent.audio.wake import wake_detector
-from voice_agent.barge_in import BurstJudge
-from voice_agent.config import Config
 from voice_agent.driver import SessionDriver
-from voice_agent.engines import Engines
 from voice_agent.errors import ClientGone, ProtocolError, VoiceAgentError
-from voice_agent.playback import PlaybackClock
 from voice_agent.server.access import AccessPolicy, Credential, request_credential
-from voice_agent.server.limits import InputPacer, SessionSlots, SessionTimer, TurnRate
-from voice_agent.server.observe import Observer, client_host
+from voice_agent.server.limits import InputPacer, SessionTimer, TurnRate
+from voice_agent.server.observe import client_host
 from voice_agent.server.protocol import (
+    TEXT_MAX_CHARS,
     Cancel,
+    Clear,
     ClientMessage,
+    Commit,
     End,
     ErrorEvent,
     Ping,
@@ -46,9 +43,11 @@ from voice_agent.server.protocol import (
     ServerEvent,
     SessionEnd,
     Start,
+    Text,
+    Update,
     decode_client,
-    encode,
 )
+from voice_agent.server.wire import NativeWire, Reply, Wire
 from voice_agent.session import Action, Emit, Session
 from voice_agent.turn import TurnRunner
 
@@ -59,20 +58,20 @@ AUDIO_SLICE_S = 0.1
 
 
 class Connection:
-    def __init__(self, ws: ServerConnection, engines: Engines, config: Config,
-                 observer: Observer | None = None, *, access: AccessPolicy | None = None,
-                 slots: SessionSlots | None = None) -> None:
+    def __init__(self, ws: ServerConnection, appliance: Appliance, *,
+                 access: AccessPolicy | None = None, wire: Wire | None = None) -> None:
         """``access``: the token a client must show (on the upgrade or in ``start``);
-        ``slots``: the started-session cap, claimed only once ``start`` is accepted."""
+        ``wire``: the client's protocol (default: the native one). A session slot of the
+        appliance's is claimed only once ``start`` is accepted."""
         self.ws = ws
+        self.wire: Wire = wire or NativeWire()
         self._access = access or AccessPolicy()
-        self._slots = slots
+        self._appliance = appliance
+        self._slots = appliance.sessions
         self._claimed = False
-        self.engines = engines
-        self.config = config
+        self.config = appliance.config
         self.session_id = uuid.uuid4().hex[:12]
-        self._obs = (observer or Observer()).session(self.session_id, client_host(ws))
-        self._seq = 0
+        self._obs = appliance.observer.session(self.session_id, client_host(ws))
         self._send_lock = asyncio.Lock()
         self._errors = 0
         self._driver: SessionDriver | None = None
@@ -85,13 +84,13 @@ class Connection:
     async def event(self, event: ServerEvent) -> None:
         await self._obs.before_send(event)
         async with self._send_lock:
-            self._seq += 1
-            text = encode(dataclasses.replace(event, seq=self._seq))
-            await self._send(text)
+            for message in self.wire.encode(event):
+                await self._send(message)
 
     async def audio(self, pcm: bytes) -> None:
         async with self._send_lock:
-            await self._send(pcm)
+            for message in self.wire.encode_audio(pcm):
+                await self._send(message)
 
     async def _send(self, data: str | bytes) -> None:
         """Send, or raise :class:`ClientGone`. A client that takes nothing for
@@ -136,6 +135,14 @@ class Connection:
                 self._slots.release()  # after its turns have ended
 
     async def _await_start(self) -> Start | None:
+        implicit = self.wire.implicit_start()
+        if implicit is not None:  # a protocol with no start message: the upgrade's token
+            if self._authorized(implicit):
+                return implicit
+            await self.event(ErrorEvent(code="unauthorized",
+                                        message="missing or wrong access token"))
+            await self.ws.close(1008, "unauthorized")
+            return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.server.start_timeout_s
         while True:
@@ -192,27 +199,13 @@ class Connection:
         turns = TurnRate(limits.turns_per_minute)
         pacer = InputPacer(limits.max_input_speed, limits.input_burst_s, clock())
         timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
-        await asyncio.to_thread(SILERO_MODELS.preload, SILERO_PER_SESSION)
-        vad, over_reply = session_listeners(config.vad, config.barge_in)
-        session = Session(
-            vad_config=config.vad,
-            frontend=make_frontend(config.frontend),
-            vad=vad,
-            input_rate=start.sample_rate,
-            turn_gate=lambda: turns.allow(clock()),
-            turn_config=config.turn,
-            judge_pauses=self.engines.turn_end is not None,
-            barge_in=config.barge_in.enabled,
-            barge_in_config=config.barge_in,
-            wake=wake_detector(config.wake),
-            wake_follow_up_ms=round(config.wake.follow_up_s * 1000),
-            over_reply=over_reply,
-        )
-        runner = TurnRunner(self.engines, config, output_rate, send_reasoning=start.reasoning)
-        self._driver = driver = SessionDriver(
-            session, runner, self, self._close, on_turn_done=self._obs.turn_done,
-            clock=PlaybackClock(output_rate, lead_ms=config.playback.lead_ms),
-            burst_judge=BurstJudge(config.barge_in.backchannels))
+        options = SessionOptions(input_rate=start.sample_rate, output_rate=output_rate,
+                                 reasoning=start.reasoning, turn_detection=start.turn_detection,
+                                 instructions=start.instructions)
+        self._driver = driver = await self._appliance.open_session(
+            options, self, self._close, turn_gate=lambda: turns.allow(clock()),
+            on_turn_done=self._obs.turn_done)
+        session = driver.session
         self._obs.opened()
         await self.event(Ready(session_id=self.session_id, sample_rate=start.sample_rate,
                                output_sample_rate=output_rate))
@@ -231,16 +224,20 @@ class Connection:
             except TimeoutError:
                 continue
             try:
-                if isinstance(message, bytes):
-                    timer.activity(clock())
-                    if not pacer.admit(len(message) / 2 / start.sample_rate, clock()):
-                        session.drop(message, "too_fast")  # its DSP would starve others
-                        continue
-                    await self._audio(session, driver, message, start.sample_rate)
-                else:
-                    actions = self._control(session, decode_client(message))
-                    if not self._draining:
-                        await driver.execute(actions)
+                for inbound in self.wire.decode(message):
+                    if isinstance(inbound, bytes):
+                        timer.activity(clock())
+                        if not pacer.admit(len(inbound) / 2 / start.sample_rate, clock()):
+                            session.drop(inbound, "too_fast")  # its DSP would starve others
+                            continue
+                        await self._audio(session, driver, inbound, start.sample_rate)
+                    elif isinstance(inbound, Reply):
+                        async with self._send_lock:
+                            await self._send(inbound.text)
+                    else:
+                        actions = self._control(session, inbound)
+                        if not self._draining:
+                            await driver.execute(actions)
             except VoiceAgentError as exc:
                 await self._client_error(exc)
                 continue
@@ -284,13 +281,35 @@ class Connection:
             return session.end()
         if isinstance(message, Ping):
             return [Emit(Pong(id=message.id))]
+        assert self._driver is not None  # noqa: S101 - only called from _run
         if isinstance(message, Playback):
             if message.audio_samples < 0:
                 raise ProtocolError("playback.audio_samples must be >= 0", code="bad_field")
-            assert self._driver is not None  # noqa: S101 - only called from _run
             self._driver.played(message.turn_id, message.audio_samples)
             return []
+        if isinstance(message, Commit):
+            return session.commit()
+        if isinstance(message, Clear):
+            session.clear()
+            return []
+        if isinstance(message, Text):
+            if len(message.text) > TEXT_MAX_CHARS:
+                raise ProtocolError(f"text is limited to {TEXT_MAX_CHARS} characters",
+                                    code="text_too_long")
+            return session.text_turn(message.text)
+        if isinstance(message, Update):
+            if message.turn_detection is not None:
+                session.set_turn_detection(message.turn_detection)
+            if message.instructions is not None:
+                self._runner_of(self._driver).instructions = message.instructions
+            return []
         raise ProtocolError(f"unhandled message {message!r}", code="unknown_type")
+
+    @staticmethod
+    def _runner_of(driver: SessionDriver) -> TurnRunner:
+        runner = driver.runner
+        assert isinstance(runner, TurnRunner)  # noqa: S101 - built in _run
+        return runner
 
     async def _close(self, reason: str) -> None:
         assert self._driver is not None  # noqa: S101 - Close comes from the driver's session

@@ -36,6 +36,11 @@ class Start:
     token: str | None = field(default=None, repr=False)
     """The access token, for clients that cannot send ``Authorization`` (browsers) and do not
     put it in the URL. Never echoed or logged."""
+    turn_detection: bool = True
+    """The server finds the turns (VAD and turn-taking). Off: the client ends each one
+    with ``commit``."""
+    instructions: str | None = None
+    """This session's system prompt (default: ``llm.system_prompt``)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,44 @@ class Playback:
     """Samples (at ``output_sample_rate``) of the turn's reply played so far."""
 
 
-ClientMessage = Start | Cancel | End | Ping | Playback
+@dataclass(frozen=True)
+class Commit:
+    """End the input here. Turn detection off: the audio since the last commit or
+    ``clear`` is a turn. On: the open utterance ends now."""
+
+    type: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Forget the audio held since the last commit (turn detection off)."""
+
+    type: ClassVar[str] = "clear"
+
+
+TEXT_MAX_CHARS = 4000
+"""Longest typed turn accepted (``text_too_long`` beyond)."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """A typed turn: answered like speech, with no audio; it takes the floor from a reply
+    still running."""
+
+    type: ClassVar[str] = "text"
+    text: str
+
+
+@dataclass(frozen=True)
+class Update:
+    """Change the session's options; a field left out keeps its value."""
+
+    type: ClassVar[str] = "update"
+    instructions: str | None = None
+    turn_detection: bool | None = None
+
+
+ClientMessage = Start | Cancel | End | Ping | Playback | Commit | Clear | Text | Update
 
 
 # --- server -> client -------------------------------------------------------------------
@@ -312,7 +354,8 @@ ServerEvent = (
     | SessionEnd
 )
 
-CLIENT_TYPES: dict[str, type[Any]] = {c.type: c for c in (Start, Cancel, End, Ping, Playback)}
+CLIENT_TYPES: dict[str, type[Any]] = {
+    c.type: c for c in (Start, Cancel, End, Ping, Playback, Commit, Clear, Text, Update)}
 SERVER_TYPES: dict[str, type[Any]] = {
     c.type: c
     for c in (Ready, SpeechStarted, SpeechStopped, SpeechResumed, TranscriptPartial,
@@ -328,6 +371,7 @@ _CHECKS: dict[str, Any] = {
     "bool": lambda v: isinstance(v, bool),
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "str | None": lambda v: v is None or isinstance(v, str),
+    "bool | None": lambda v: v is None or isinstance(v, bool),
     "dict[str, float]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
         for k, x in v.items()),

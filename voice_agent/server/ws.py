@@ -16,11 +16,11 @@ from http import HTTPStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from voice_agent.appliance import Appliance
 from voice_agent.audit import AuditLog
 from voice_agent.config import Config
 from voice_agent.engines import Engines
 from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from voice_agent.metrics import Metrics
 from voice_agent.server.access import (
     PUBLIC_PATHS,
     AccessPolicy,
@@ -31,30 +31,39 @@ from voice_agent.server.access import (
     ssl_context,
 )
 from voice_agent.server.connection import Connection
-from voice_agent.server.limits import AddressCounter, SessionSlots
-from voice_agent.server.observe import Observer, client_host
+from voice_agent.server.limits import AddressCounter
+from voice_agent.server.observe import client_host
 from voice_agent.server.protocol import (
     ErrorEvent,
     encode,
 )
+from voice_agent.server.realtime import RealtimeWire
 
 log = logging.getLogger(__name__)
+
+REALTIME_PATH = "/v1/realtime"
+"""The OpenAI Realtime endpoint (``voice_agent.server.realtime``); the SDK appends
+``/realtime`` to a ``base_url`` ending in ``/v1``."""
+UPGRADE_PATHS = frozenset({"/", REALTIME_PATH})
+"""WebSocket endpoints: ``/`` speaks the native protocol."""
 
 class VoiceServer:
     """The WebSocket server. ``await start()``, then ``await stop()`` (or use ``async with``)."""
 
-    def __init__(self, engines: Engines, config: Config) -> None:
+    def __init__(self, engines: Engines, config: Config,
+                 appliance: Appliance | None = None) -> None:
+        """``appliance``: shared with the process's other transports (default: its own)."""
+        self.appliance = appliance or Appliance(engines, config)
         self.engines = engines
         self.config = config
         self._server: Server | None = None
-        self._probes: asyncio.Task[None] | None = None
         self._connections: set[Connection] = set()
-        self._sessions = SessionSlots(config.server.max_sessions)
+        self._sessions = self.appliance.sessions
         self._addresses = AddressCounter(config.server.max_connections_per_address)
         self.access = AccessPolicy()
         """Resolved at :meth:`start` (token file read once)."""
-        self.metrics = Metrics(engines.llm, engines.load_seconds)
-        self.observer = Observer(self.metrics)
+        self.metrics = self.appliance.metrics
+        self.observer = self.appliance.observer
 
     @property
     def _active(self) -> int:
@@ -89,13 +98,11 @@ class VoiceServer:
             ssl=tls,
             logger=ws_log,
         )
-        self._probes = asyncio.create_task(self.engines.llm.probe_forever())
+        self.appliance.start()
         return self
 
     async def stop(self) -> None:
-        if self._probes is not None:
-            self._probes.cancel()
-            await asyncio.gather(self._probes, return_exceptions=True)
+        await self.appliance.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -153,7 +160,8 @@ class VoiceServer:
             # Which LLM engines are in service (circuit breaker states), for operators.
             body = json.dumps({"sessions": self._active, "llm": self.engines.llm.status()})
             return connection.respond(HTTPStatus.OK, body + "\n")
-        # Anything else is a WebSocket upgrade.
+        if route(path) not in UPGRADE_PATHS:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self._addresses.full(client_host(connection)):
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                       "too many connections from this address\n")
@@ -191,8 +199,12 @@ class VoiceServer:
                                             message="too many connections from this address")))
             await ws.close(1008, "too many connections from this address")
             return
-        connection = Connection(ws, self.engines, self.config, self.observer,
-                                access=self.access, slots=self._sessions)
+        connection = Connection(ws, self.appliance, access=self.access)
+        if ws.request is not None and route(ws.request.path) == REALTIME_PATH:
+            beta = "realtime=v1" in ws.request.headers.get("OpenAI-Beta", "")
+            connection.wire = RealtimeWire(connection.session_id, beta=beta,
+                                           instructions=self.config.llm.system_prompt,
+                                           voice=self.config.tts.voice)
         self._connections.add(connection)  # for drain()
         try:
             await connection.serve()
