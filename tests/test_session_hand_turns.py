@@ -56,3 +56,14 @@ def test_turn_detection_can_be_switched_during_a_session() -> None:
     session.set_turn_detection(True)
     started = events(feed(session, tone(1000) + silence(1500)))
     assert any(isinstance(e, SpeechStarted) for e in started)
+
+
+def test_a_typed_turn_while_someone_speaks_drops_the_open_utterance() -> None:
+    session = Session(vad_config=VadConfig(), frontend=PassthroughFrontend(), vad=EnergyVad(),
+                      input_rate=16000)
+    assert any(isinstance(e, SpeechStarted) for e in events(feed(session, tone(800))))
+    (typed,) = session.text_turn("Never mind, what time is it?")
+    assert isinstance(typed, StartTurn) and typed.text
+    after = feed(session, silence(1500))
+    assert not any(isinstance(a, StartTurn) for a in after), after
+    assert session.active_turn == typed.turn_id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ def _config(args: argparse.Namespace) -> Config:
         "server": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         "llm": {"engines": getattr(args, "llm", None)},
         "wake": {"phrase": getattr(args, "wake", None)},
+        "wyoming": {"uri": getattr(args, "wyoming", None)},
     }
     return load_config(args.config, overrides=overrides)
 
@@ -67,9 +69,18 @@ async def _serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with VoiceServer(engines, config) as server:
+        async with VoiceServer(engines, config) as server, \
+                contextlib.AsyncExitStack() as others:
             _progress(f"listening on {scheme}://{config.server.host}:{server.port} "
                       "(Ctrl-C stops)")
+            if config.wyoming.uri:
+                from voice_agent.server.wyoming import WyomingServer
+                from voice_agent.server.wyoming_address import parse_uri
+
+                host, port = parse_uri(config.wyoming.uri)
+                wyoming = await others.enter_async_context(
+                    WyomingServer(server.appliance, host, port))
+                _progress(f"Wyoming on tcp://{host}:{wyoming.port}")
             sdnotify.notify("READY=1\nSTATUS=serving")
             interval = sdnotify.watchdog_interval_s()
             watchdog = asyncio.create_task(sdnotify.watchdog_loop(interval)) if interval else None
@@ -257,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     wake_option(p)
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks one)")
+    p.add_argument("--wyoming", metavar="tcp://HOST:PORT",
+                   help="also serve Wyoming (Home Assistant) there, sharing the models")
     llm_option(p)
     p.set_defaults(func=cmd_serve)
 

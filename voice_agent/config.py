@@ -565,6 +565,36 @@ class WakeConfig:
 
 
 @dataclass
+class WyomingConfig:
+    """The Wyoming server for Home Assistant (``voice-agent serve --wyoming URI``)."""
+
+    uri: str = ""
+    """``tcp://HOST:PORT`` to serve Wyoming beside the WebSocket endpoint; empty: off."""
+    allow_from: list[str] = field(default_factory=list)
+    """Client addresses allowed to connect. Wyoming has no credential of its own, so a
+    server off loopback must name its clients (Home Assistant's address): it refuses to
+    start without."""
+    max_audio_s: float = 60.0
+    """Longest audio one ``transcribe`` takes (``audio_too_long`` beyond)."""
+    synthesize_timeout_s: float = 30.0
+    """Longest a ``synthesize`` may take."""
+
+    def validate(self) -> None:
+        if self.uri:
+            from voice_agent.server.wyoming_address import parse_uri
+
+            host, _ = parse_uri(self.uri)  # ConfigError for anything but tcp://HOST:PORT
+            from voice_agent.server.access import is_loopback
+
+            _check(is_loopback(host) or bool(self.allow_from),
+                   "wyoming.allow_from must name the clients of a Wyoming server off loopback "
+                   "(Wyoming has no credential)")
+        _check(0 < self.max_audio_s <= 600, "wyoming.max_audio_s must be 0..600")
+        _check(0 < self.synthesize_timeout_s <= 600,
+               "wyoming.synthesize_timeout_s must be 0..600")
+
+
+@dataclass
 class ModelsConfig:
     manifest: str = ""
     """Path of a user model manifest (TOML, same format as the shipped one); its entries are
@@ -607,6 +637,8 @@ class Config:
     """The audit log of turns."""
     wake: WakeConfig = field(default_factory=WakeConfig)
     """The wake phrase gating input."""
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    """The Wyoming server (Home Assistant)."""
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

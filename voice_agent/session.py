@@ -588,6 +588,11 @@ class Session:
         """A turn the owner starts: it takes the floor from a reply still running."""
         if self.state in (State.ENDING, State.CLOSED):
             return []
+        # It takes the floor: an utterance still open, or a burst over the reply still being
+        # judged, is dropped rather than answered after it.
+        self._held_end = self._held_pause = None
+        if self.state is State.USER_SPEAKING:
+            self._endpointer.reset()
         actions = self.cancel()
         self._turn_id += 1
         if self._turn_gate is not None and not self._turn_gate():

@@ -293,6 +293,8 @@ class Connection:
             session.clear()
             return []
         if isinstance(message, Text):
+            if not message.text.strip():
+                raise ProtocolError("text must have words", code="bad_field")
             if len(message.text) > TEXT_MAX_CHARS:
                 raise ProtocolError(f"text is limited to {TEXT_MAX_CHARS} characters",
                                     code="text_too_long")
