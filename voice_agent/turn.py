@@ -170,10 +170,7 @@ class TurnRunner:
             turn.speculation.heard(transcript.text)
         if not any(ch.isalnum() for ch in transcript.text):
             transcript = Transcript("", transcript.language)
-        # Read, not taken: a speculation thrown away must leave it for the next run.
-        turn.transcript = f"{self._unanswered} {transcript.text}".strip()
-        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
-                                             asr_ms=turn.timings["asr_ms"]))
+        await self._heard(turn, transcript.text)
         if not transcript.text:
             turn.transcript = ""  # nothing new: what was carried still waits for its answer
             return
@@ -198,13 +195,19 @@ class TurnRunner:
             await speculation.out.release()
             await self._respond(turn)
 
+    async def _heard(self, turn: TurnState, words: str) -> None:
+        """The turn's transcript, the words of a turn never answered first, sent as the
+        ``transcript`` event. The carried words are read, not taken: a speculation thrown
+        away must leave them for the next run."""
+        turn.transcript = f"{self._unanswered} {words}".strip()
+        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
+                                             asr_ms=turn.timings["asr_ms"]))
+
     async def _run_text(self, turn: TurnState, text: str) -> None:
         """A typed turn: its words are the transcript (sent back like one); its emotion
         tag comes from the words alone."""
         turn.timings["asr_ms"] = 0.0
-        turn.transcript = f"{self._unanswered} {text.strip()}".strip()
-        await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
-                                             asr_ms=0.0))
+        await self._heard(turn, text.strip())
         if not turn.transcript:
             return
         turn.note = await self._hear_emotion(turn, np.zeros(0, np.int16),

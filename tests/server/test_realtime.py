@@ -53,6 +53,11 @@ async def until(connection: Any, kind: str, seen: list[Any], timeout_s: float = 
                 return event
 
 
+async def add_user_text(connection: Any, text: str) -> None:
+    await connection.conversation.item.create(item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+
+
 def of(seen: list[Any], kind: str) -> list[Any]:
     return [e for e in seen if e.type == kind]
 
@@ -90,9 +95,7 @@ async def test_a_text_turn_and_instructions_by_session_update(base_url: str) -> 
             "audio": {"input": {"turn_detection": None}}})
         updated = await until(connection, "session.updated", seen, 10)
         assert updated.session.audio.input.turn_detection is None
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "What is the capital of France?"}]})
+        await add_user_text(connection, "What is the capital of France?")
         await until(connection, "conversation.item.added", seen, 10)
         await connection.response.create()
         done = await until(connection, "response.done", seen)
@@ -116,9 +119,7 @@ async def test_cancel_ends_the_response_cancelled(base_url: str) -> None:
     async with client.realtime.connect(model="voice-agent") as connection:
         seen: list[Any] = []
         await until(connection, "session.created", seen, 10)
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Tell me a long story about a dragon."}]})
+        await add_user_text(connection, "Tell me a long story about a dragon.")
         await connection.response.create()
         await until(connection, "response.output_audio.delta", seen)
         await connection.response.cancel()
@@ -132,9 +133,7 @@ async def test_truncate_keeps_what_was_heard(base_url: str) -> None:
     async with client.realtime.connect(model="voice-agent") as connection:
         seen: list[Any] = []
         await until(connection, "session.created", seen, 10)
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Tell me a long story about a dragon."}]})
+        await add_user_text(connection, "Tell me a long story about a dragon.")
         await connection.response.create()
         first = await until(connection, "response.output_audio.delta", seen)
         await connection.conversation.item.truncate(item_id=first.item_id, content_index=0,
@@ -159,8 +158,6 @@ async def test_bad_events_get_realtime_errors_and_the_session_goes_on(base_url: 
         await connection.response.create()
         error = await until(connection, "error", seen, 10)
         assert error.error.code == "no_input"
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Hello there."}]})
+        await add_user_text(connection, "Hello there.")
         await connection.response.create()
         assert (await until(connection, "response.done", seen)).response.status == "completed"

@@ -16,6 +16,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.tts import Synthesize
 
 from tests.conftest import harvard_clips, make_config
+from tests.server.test_realtime import add_user_text
 from tests.server.test_ws import send_speech, wait_for_type
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
@@ -36,9 +37,7 @@ async def native_turn(url: str) -> dict[str, Any]:
 async def realtime_turn(base_url: str) -> Any:
     client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
     async with client.realtime.connect(model="voice-agent") as connection:
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Say hello."}]})
+        await add_user_text(connection, "Say hello.")
         await connection.response.create()
         async with asyncio.timeout(120):
             async for event in connection:
