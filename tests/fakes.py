@@ -15,10 +15,13 @@ from voice_agent.server.protocol import ServerEvent
 class Recorder:
     def __init__(self) -> None:
         self.events: list[ServerEvent] = []
+        self.arrived: list[float] = []
+        """``time.perf_counter()`` when each of ``events`` came."""
         self.pcm = bytearray()
 
     async def event(self, event: ServerEvent) -> None:
         self.events.append(event)
+        self.arrived.append(time.perf_counter())
 
     async def audio(self, pcm: bytes) -> None:
         self.pcm += pcm
@@ -38,9 +41,12 @@ class ScriptedLlm:
         self.stopped = threading.Event()
         self.prompts: list[list[ChatMessage]] = []
         """The messages of every call, to check what the turn told the model."""
+        self.called_at: list[float] = []
+        """``time.perf_counter()`` when each call started."""
 
     def stream(self, messages: Sequence[ChatMessage], cancel: threading.Event) -> Iterator[str]:
         self.calls += 1
+        self.called_at.append(time.perf_counter())
         self.prompts.append(list(messages))
         if not self.healthy:
             raise EngineError(f"{self.name} is down", code="llm_unreachable")

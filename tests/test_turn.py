@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -55,15 +54,14 @@ async def test_llm_that_hangs_is_reported_within_its_budget(
 ) -> None:
     llm = ScriptedLlm([], then="hang")
     out = Recorder()
-    started = time.perf_counter()
     done = await runner_with(engines, llm, first_token_timeout_s=1.0).run(1, utterance[1], 450, out)
-    # The budget starts when the engine does: Whisper's time before it (slow on a loaded
-    # machine) is not the engine's.
-    after_asr = time.perf_counter() - started - done.timings_ms["asr_ms"] / 1000
-    assert after_asr < 1.0 + 1.5, done.timings_ms
     assert done.status == "error"
     errors = [e for e in out.events if isinstance(e, ErrorEvent)]
     assert [(e.code, e.transient, e.turn_id) for e in errors] == [("engine_timeout", True, 1)]
+    # The budget starts when the engine does: Whisper's time before it and the spoken
+    # apology after (both slow on a loaded machine) are not the engine's.
+    reported_after_s = out.arrived[out.events.index(errors[0])] - llm.called_at[0]
+    assert reported_after_s < 1.0 + 1.0, done.timings_ms
     assert llm.stopped.wait(2), "the hung engine was not told to stop"
 
 
@@ -217,7 +215,8 @@ async def test_r1_answer_is_capped_at_max_tokens_after_its_reasoning(
     answer = [event("One. "), event("Two. "), event("Three. "), event("Four"), event(" more. "),
               event("Five. ")]
     server = scripted_server(streams(*thinking, *answer, event(finish="stop"), DONE))
-    runner, r1 = r1_runner(engines, server.base_url, None, max_tokens=4)
+    # No "let me think" acknowledgement: on a loaded machine the 40 pieces can take its 2 s.
+    runner, r1 = r1_runner(engines, server.base_url, None, max_tokens=4, reasoning_ack_s=0.0)
     done = await runner.run(1, utterance[1], 450, Recorder())
     assert (done.status, done.engine) == ("ok", r1.name)
     assert done.reply_text == "One. Two. Three."

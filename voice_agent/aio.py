@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -19,6 +19,17 @@ from voice_agent.errors import EngineTimeout
 T = TypeVar("T")
 
 _ITEM, _END, _ERROR = "item", "end", "error"
+
+
+async def wait_within(awaitable: Awaitable[T], timeout_s: float | None) -> T:
+    """``asyncio.wait_for`` that never swallows a cancel.
+
+    Python 3.11's ``wait_for`` returns the result of an awaitable that finished just as the
+    caller was cancelled, and the cancel is lost: a turn told to stop goes on. This is the
+    ``asyncio.timeout`` form 3.12's ``wait_for`` itself became. Raises ``TimeoutError``.
+    """
+    async with asyncio.timeout(timeout_s):
+        return await awaitable
 
 
 async def iterate_in_thread(
@@ -61,13 +72,14 @@ async def iterate_in_thread(
         return True
 
     def work() -> None:
+        last: tuple[str, object] | None = (_END, None)
         try:
             iterator = make_iterator(cancel)
             try:
                 for item in iterator:
                     if cancel.is_set() or not hand_over(_ITEM, item):
+                        last = None
                         return
-                hand_over(_END, None)
             finally:
                 # Close the engine's generator here, in its thread, rather than whenever
                 # it is collected: "done" must mean its cleanup has run.
@@ -75,10 +87,14 @@ async def iterate_in_thread(
                 if close is not None:
                     close()
         except BaseException as exc:  # delivered to the consumer, which re-raises it
-            hand_over(_ERROR, exc)
+            last = (_ERROR, exc)
         finally:
+            # Done before the consumer hears the end: a caller that has read the whole
+            # reply finds the engine's slot already free.
             if on_done is not None:
                 on_done()
+            if last is not None:
+                hand_over(*last)
 
     try:
         loop.run_in_executor(executor, work)
@@ -90,7 +106,7 @@ async def iterate_in_thread(
     try:
         while True:
             try:
-                kind, value = await asyncio.wait_for(queue.get(), timeout)
+                kind, value = await wait_within(queue.get(), timeout)
             except TimeoutError:
                 raise EngineTimeout(f"{what}: no {stage} within {timeout:.1f} s") from None
             slots.release()
@@ -111,6 +127,6 @@ async def call_in_thread(
     """Run a blocking call in ``executor`` with a time limit."""
     loop = asyncio.get_running_loop()
     try:
-        return await asyncio.wait_for(loop.run_in_executor(executor, function), timeout_s)
+        return await wait_within(loop.run_in_executor(executor, function), timeout_s)
     except TimeoutError:
         raise EngineTimeout(f"{what}: no result within {timeout_s:.1f} s") from None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import connect
 
+from voice_agent.aio import wait_within
 from voice_agent.audio.pcm import Int16Array, last_speech_sample, read_audio
 from voice_agent.bench import Clip, default_clips, percentile
 from voice_agent.config import Config
@@ -128,7 +129,7 @@ async def _talk(person: _Person, url: str, seed: int) -> None:
                         await clock.tick()
                 person.rows.append(row)
             await ws.send(encode(End()))
-            await asyncio.wait_for(receiver, REPLY_TIMEOUT_S)
+            await wait_within(receiver, REPLY_TIMEOUT_S)
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)

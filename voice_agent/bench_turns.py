@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import connect
 
+from voice_agent.aio import wait_within
 from voice_agent.asr import Transcriber
 from voice_agent.bench import percentile, shared_audio_dir
 from voice_agent.config import Config, describe
@@ -160,7 +161,7 @@ async def stream_item(item: Item, url: str) -> ItemLog:
                     await asyncio.sleep(delay)
             if not receiver.done():
                 await ws.send(encode(End()))
-            await asyncio.wait_for(receiver, ITEM_TIMEOUT_S)
+            await wait_within(receiver, ITEM_TIMEOUT_S)
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import connect
 
+from voice_agent.aio import wait_within
 from voice_agent.audio.pcm import Int16Array, last_speech_sample, read_audio
 from voice_agent.server.protocol import (
     End,
@@ -157,7 +158,7 @@ async def stream_samples(
                 break
         if not receiver.done():
             await ws.send(encode(End()))
-        await asyncio.wait_for(receiver, timeout_s)
+        await wait_within(receiver, timeout_s)
 
     reply = np.frombuffer(b"".join(pieces), dtype="<i2").astype(np.int16)
     result.reply_audio = reply

@@ -303,9 +303,11 @@ class LlmConfig:
     """Longest wait for a busy engine (another session's reply); beyond it the engine is
     skipped for the turn with ``overloaded``, which does not count against its breaker."""
     stop_grace_s: float = 1.0
-    """An engine told to stop (timed out, cancelled) gets this long to end its call; one still
-    running after it is wedged: waiters fail with ``engine_timeout`` (counted) instead of
-    queueing behind it, until the call really ends."""
+    """An engine told to stop (timed out, cancelled) gets this long to end its call (one
+    stopped before its first output gets its whole first-output budget on top, since a
+    prompt being read cannot be interrupted); one still running after it is wedged: waiters
+    fail with ``engine_timeout`` (counted) instead of queueing behind it, until the call
+    really ends."""
     token_timeout_s: float = 5.0
     """A stall longer than this between tokens fails the turn."""
     breaker_window: int = 20

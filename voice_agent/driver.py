@@ -396,9 +396,12 @@ class SessionDriver:
             self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for every running turn to end; True if they did."""
+        """Wait up to ``timeout_s`` for every running turn to end; True if they did. A turn
+        that starts as the last one ends (a speculation run again) is waited for too."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while self._turns:
+                    await self._idle.wait()
         return not self._turns
 
     async def stop(self) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from voice_agent.aio import wait_within
 from voice_agent.appliance import Appliance, SessionOptions
 from voice_agent.audio.frontend import FRAME_SAMPLES
 from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16
@@ -256,7 +257,7 @@ async def run_mic(engines: Engines, config: Config, *, sounddevice_module: Any =
         try:
             while stop is None or not stop.is_set():
                 try:
-                    block = await asyncio.wait_for(blocks.get(), DEVICE_TIMEOUT_S)
+                    block = await wait_within(blocks.get(), DEVICE_TIMEOUT_S)
                 except TimeoutError:
                     raise DeviceError(
                         f"the sound device delivered no audio for {DEVICE_TIMEOUT_S:g} s"

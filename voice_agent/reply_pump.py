@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from voice_agent.aio import wait_within
 from voice_agent.output import TurnOutput
 from voice_agent.playback import PlaybackClock
 from voice_agent.server.protocol import ReplyText, ServerEvent
@@ -74,7 +75,7 @@ class ReplyPump:
     async def _wait_changed(self, timeout_s: float | None = None) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            await wait_within(self._changed.wait(), timeout_s)
 
     # --- the turn's side -------------------------------------------------------------
 

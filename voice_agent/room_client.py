@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.client import ClientConnection, connect
 
+from voice_agent.aio import wait_within
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array
 from voice_agent.audio.room import active_rms, trim_rir
 from voice_agent.server.protocol import (
@@ -120,7 +121,7 @@ class RoomClient:
         self._ws = await connect(self._url, additional_headers=headers, max_size=None)
         await self._ws.send(encode(Start(sample_rate=PIPELINE_RATE,
                                          output_sample_rate=PIPELINE_RATE)))
-        ready = json.loads(await asyncio.wait_for(self._ws.recv(), 10))
+        ready = json.loads(await wait_within(self._ws.recv(), 10))
         if ready.get("type") != "ready":
             raise RuntimeError(f"the server did not start the session: {ready}")
         self._tasks = [asyncio.create_task(self._ticks()), asyncio.create_task(self._receive())]
@@ -175,7 +176,7 @@ class RoomClient:
                                    f"{[h.event.type for h in self.heard[since:]]}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await wait_within(self._changed.wait(), remaining)
 
     def events(self, kind: type[Any]) -> list[Any]:
         return [h.event for h in self.heard if isinstance(h.event, kind)]

@@ -18,7 +18,7 @@ from contextlib import aclosing
 
 import numpy as np
 
-from voice_agent.aio import call_in_thread
+from voice_agent.aio import call_in_thread, wait_within
 from voice_agent.asr import Transcript
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.audio.turn_end import combined_probability, text_complete_probability
@@ -279,7 +279,7 @@ class TurnRunner:
         if speculation is None:
             return sound
         try:
-            words = await asyncio.wait_for(asyncio.shield(speculation.transcript), timeout_s)
+            words = await wait_within(asyncio.shield(speculation.transcript), timeout_s)
         except TimeoutError:
             return sound
         return combined_probability(sound, text_complete_probability(words))
@@ -320,11 +320,12 @@ class TurnRunner:
             return ""
         turn.timings["emotion_ms"] = round((time.perf_counter() - started) * 1000, 1)
         if config.shape_speech:
-            turn.rate_factor = reply_length_scale(tag)
+            # Rounded as the wire reports it, so the rate told is the rate spoken.
+            turn.rate_factor = round(reply_length_scale(tag), 3)
         fields = tag.as_dict()  # rounded for the wire
         cues = fields.pop("prosody")
         await turn.out.event(EmotionEvent(turn_id=turn.turn_id, cues=cues, **fields,
-                                          length_scale=round(turn.rate_factor, 3)))
+                                          length_scale=turn.rate_factor))
         return tag_note(tag) if config.tag_prompt else ""
 
     async def _think(self, turn: TurnState) -> None:

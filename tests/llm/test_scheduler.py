@@ -196,6 +196,26 @@ async def test_a_waiter_behind_a_stopping_call_gets_the_engine_when_it_ends() ->
     lane.close()
 
 
+async def test_a_call_stopped_while_reading_its_prompt_is_not_wedged_before_its_budget() -> None:
+    """A cancelled turn's call may still be reading its prompt (which llama.cpp can't
+    interrupt): the next turn waits for it up to its first-output budget, then gets it."""
+    engine = StuckLlm()
+    lane = EngineLane(engine, llm_config(first_token_timeout_s=1.5))  # type: ignore[arg-type]
+    cancelled = asyncio.create_task(reply(lane))
+    await until(lambda: engine.active == 1)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.sleep(0.4)  # past the 0.2 s stop grace, within the 1.5 s budget
+    waiter = asyncio.create_task(reply(lane))
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    engine.release.set()
+    assert (await waiter)[0] == "late"
+    assert engine.most_active == 1
+    lane.close()
+
+
 async def test_the_fallback_runs_while_the_primary_is_stuck() -> None:
     """Each engine has its own thread: a wedged primary cannot hold the fallback's."""
     stuck, backup = StuckLlm(), ScriptedLlm(["fine"], name="backup")

@@ -9,8 +9,9 @@ which the breaker does not count) and reported as ``llm_queue_ms``.
 
 A lane's slot is freed when its worker thread has really finished the engine call, never
 when the consumer gives up: a timed-out call keeps running until the engine notices its stop
-flag, and the next call must not overlap it. A healthy engine stops within a token; one
-still running ``llm.stop_grace_s`` after it was told to stop is *wedged*, and its waiters
+flag, and the next call must not overlap it. A healthy engine stops within a token (or,
+stopped while still reading its prompt, by the end of its first-output budget); one still
+running ``llm.stop_grace_s`` after that is *wedged*, and its waiters
 fail at once with ``engine_timeout`` (which the breaker does count) instead of queueing
 behind a call that may never end. The lane's own thread is the one stuck, so other engines
 (the fallback) keep theirs.
@@ -133,7 +134,8 @@ class EngineLane:
         self._running: dict[int, _Call] = {}
         """Calls holding a slot, by call number (pre-emption looks here)."""
         self._abandoned: dict[int, float] = {}
-        """Calls whose consumer has gone while the engine still runs them → when it went."""
+        """Calls whose consumer has gone while the engine still runs them → when the lane
+        counts as wedged if the call is still running."""
         self._cold = bool(getattr(engine, "cold_start", False))
 
     # Queue -----------------------------------------------------------------------------
@@ -159,7 +161,7 @@ class EngineLane:
         """When the lane counts as wedged (no free slot, a stopped call still running)."""
         if self._free > 0 or not self._abandoned:
             return None
-        return min(self._abandoned.values()) + self._config.stop_grace_s
+        return min(self._abandoned.values())
 
     async def acquire(self, priority: int = Priority.TURN,
                       speculation: Speculation | None = None) -> None:
@@ -185,8 +187,9 @@ class EngineLane:
                     now, wedged_at = self._clock(), self._wedged_at()
                     if wedged_at is not None and now >= wedged_at:
                         raise EngineTimeout(
-                            f"{self.engine.name}: still running a call it was told to stop "
-                            f"{now - wedged_at + self._config.stop_grace_s:.1f} s ago")
+                            f"{self.engine.name}: still running a call it was told to stop, "
+                            f"{now - wedged_at + self._config.stop_grace_s:.1f} s after it "
+                            "could have ended")
                     if now >= deadline:
                         raise Overloaded(
                             f"{self.engine.name}: busy for {self._config.queue_timeout_s:g} s "
@@ -233,8 +236,8 @@ class EngineLane:
             return
         self._free += 1
 
-    def _abandon_locked(self, call: int) -> None:
-        self._abandoned[call] = self._clock()
+    def _abandon_locked(self, call: int, wedged_at: float) -> None:
+        self._abandoned[call] = wedged_at
         # Waiters recompute when the lane would count as wedged.
         for waiter in self._waiters:
             with suppress(RuntimeError):  # a loop that is gone has no waiter to wake
@@ -267,6 +270,7 @@ class EngineLane:
                 waited = (started - queued) * 1000
                 timings["llm_queue_ms"] = round(timings.get("llm_queue_ms", 0.0) + waited, 1)
         call = next(self._calls)
+        call_started = self._clock()
         finished = threading.Event()
         state = _Call(speculation)
         with self._lock:
@@ -295,9 +299,9 @@ class EngineLane:
             first_timeout_s=first_timeout_s, next_timeout_s=self._config.token_timeout_s,
             what=self.engine.name, on_done=done,
         )
+        first = True
         try:
             async with aclosing(pieces):
-                first = True
                 async for piece in pieces:
                     if state.preempted:
                         break
@@ -309,9 +313,15 @@ class EngineLane:
             if state.preempted:
                 raise Preempted(f"{self.engine.name}: speculation gave way to a turn")
         finally:
+            wedged_at = self._clock() + self._config.stop_grace_s
+            if first:
+                # Still reading its prompt, which llama.cpp cannot be told to stop: it may
+                # take its whole first-output budget before it can notice the stop flag.
+                wedged_at = max(wedged_at,
+                                call_started + first_timeout_s + self._config.stop_grace_s)
             with self._lock:
                 if not finished.is_set():
-                    self._abandon_locked(call)
+                    self._abandon_locked(call, wedged_at)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

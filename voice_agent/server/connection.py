@@ -21,6 +21,7 @@ import uuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from voice_agent.aio import wait_within
 from voice_agent.appliance import Appliance, SessionOptions
 from voice_agent.audio.pcm import bytes_to_int16, check_rate
 from voice_agent.driver import SessionDriver
@@ -99,7 +100,7 @@ class Connection:
         if self._gone:
             raise ClientGone("the client is gone")
         try:
-            await asyncio.wait_for(self.ws.send(data), self.config.server.send_timeout_s)
+            await wait_within(self.ws.send(data), self.config.server.send_timeout_s)
         except TimeoutError:
             self._gone = True
             log.info("session %s: client stopped reading; closing", self.session_id)
@@ -147,7 +148,7 @@ class Connection:
         deadline = loop.time() + self.config.server.start_timeout_s
         while True:
             try:
-                message = await asyncio.wait_for(self.ws.recv(), deadline - loop.time())
+                message = await wait_within(self.ws.recv(), deadline - loop.time())
             except TimeoutError:
                 await self.event(ErrorEvent(code="start_timeout",
                                             message="no start message received"))
@@ -220,7 +221,7 @@ class Connection:
                 await self._expire(expired)
                 break
             try:
-                message = await asyncio.wait_for(self.ws.recv(), timer.wait_s(clock()))
+                message = await wait_within(self.ws.recv(), timer.wait_s(clock()))
             except TimeoutError:
                 continue
             try:

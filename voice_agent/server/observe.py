@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
+from voice_agent.aio import wait_within
 from voice_agent.audit import AuditLog, turn_record
 from voice_agent.metrics import Metrics
 from voice_agent.server.protocol import ErrorEvent, ServerEvent, TurnDone
@@ -57,7 +58,7 @@ class SessionObserver:
             audit = self._observer.audit
             if written is not None and audit is not None:
                 try:
-                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)),
+                    await wait_within(asyncio.shield(asyncio.wrap_future(written)),
                                            audit.commit_wait_s)
                 except TimeoutError:
                     log.warning("session %s turn %d: audit row not committed after %.1f s",

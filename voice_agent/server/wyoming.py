@@ -45,7 +45,7 @@ from wyoming.info import (
 from wyoming.tts import Synthesize
 
 from voice_agent import __version__
-from voice_agent.aio import call_in_thread
+from voice_agent.aio import call_in_thread, wait_within
 from voice_agent.appliance import Appliance
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, resample
 from voice_agent.errors import Overloaded, ProtocolError, VoiceAgentError
@@ -105,7 +105,7 @@ class WyomingConnection:
                 await self._writer.wait_closed()
 
     async def _write(self, event: Event) -> None:
-        await asyncio.wait_for(async_write_event(event, self._writer),
+        await wait_within(async_write_event(event, self._writer),
                                self._appliance.config.server.send_timeout_s)
 
     async def _handle(self, event: Event) -> None:
