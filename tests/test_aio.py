@@ -290,3 +290,22 @@ async def test_on_done_after_a_normal_end_or_an_early_break(
                 break
     assert await asyncio.to_thread(done.wait, 2.0)
     assert events == ["closed", "done"]
+
+
+async def test_a_finished_worker_never_waits_on_a_paused_consumer() -> None:
+    """A reply paused over a barge-in stops reading its engine's stream. Once the engine
+    call has ended, its slot is free and so is its thread: the next call runs at once, not
+    when the paused consumer reads on (one thread per engine)."""
+    executor = ThreadPoolExecutor(1)
+    ended = threading.Event()
+    pieces = iterate_in_thread(lambda stop: iter(range(3)), executor, first_timeout_s=5,
+                               next_timeout_s=5, what="paused", max_pending=2,
+                               on_done=ended.set)
+    async with contextlib.aclosing(pieces):
+        assert await anext(pieces) == 0  # then the consumer pauses, two items queued
+        assert await asyncio.to_thread(ended.wait, 2)
+        loop = asyncio.get_running_loop()
+        following = loop.run_in_executor(executor, lambda: "next call")
+        assert await asyncio.wait_for(following, 2) == "next call"
+        assert [piece async for piece in pieces] == [1, 2]
+    executor.shutdown()

@@ -113,7 +113,10 @@ async def test_engine_bug_is_an_engine_failure(engines: Engines, utterance: tupl
 async def test_cancelled_reply_keeps_only_spoken_sentences_in_history(
     engines: Engines, utterance: tuple
 ) -> None:
-    pieces = ["First sentence here. ", "Second one follows. ", "Third never comes. "]
+    # Still generating when the cancel comes, however slow the first sentence's speech is
+    # on a loaded machine (8 s of pieces).
+    pieces = ["First sentence here. ", "Second one follows. ", "Third never comes. ",
+              *(f"Then sentence {n}. " for n in range(17))]
     llm = ScriptedLlm(pieces, delay_s=0.4)
     runner = runner_with(engines, llm)
     out = Recorder()

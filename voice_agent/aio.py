@@ -62,7 +62,10 @@ async def iterate_in_thread(
     slots = threading.BoundedSemaphore(max_pending)
 
     def hand_over(kind: str, value: object) -> bool:
-        while not slots.acquire(timeout=0.05):
+        # Only items wait for room: the end (or error) is handed over at once, after the
+        # slot was freed, so the worker thread is never left blocked behind a consumer
+        # that paused reading while the next call waits for that thread.
+        while kind == _ITEM and not slots.acquire(timeout=0.05):
             if cancel.is_set():
                 return False
         try:
@@ -109,7 +112,8 @@ async def iterate_in_thread(
                 kind, value = await wait_within(queue.get(), timeout)
             except TimeoutError:
                 raise EngineTimeout(f"{what}: no {stage} within {timeout:.1f} s") from None
-            slots.release()
+            if kind == _ITEM:
+                slots.release()
             if kind == _END:
                 return
             if kind == _ERROR:

@@ -442,8 +442,15 @@ class ServerConfig:
     refuses to start."""
     origins: list[str] = field(default_factory=list)
     """Browser origins allowed to connect (``https://kiosk.example:8443``; ``*``: any). A
-    request with an ``Origin`` header not listed is refused (403); empty: no browser page,
-    only clients that send no ``Origin``."""
+    request with an ``Origin`` header not listed is refused (403); empty: no other site's
+    page, only clients that send no ``Origin`` and the kiosk page (``page``)."""
+    page: bool = True
+    """Serve the kiosk page at ``GET /`` (plain files in the package). Its WebSocket is
+    admitted from the server's own origin (``Origin`` is the scheme and ``Host`` it was
+    served from) when a token is required or ``Host`` is a loopback name (``localhost``,
+    ``127.0.0.1``, ``[::1]``): a DNS-rebinding page has neither the token nor such a
+    ``Host``. The files are public (they hold nothing); everything they do needs the token.
+    Off: ``/`` is WebSocket only, and the page's origin must be listed in ``origins``."""
     tls_cert: str = ""
     """PEM certificate (chain) file: serve ``wss://`` and ``https://``. Empty: plain TCP."""
     tls_key: str = ""

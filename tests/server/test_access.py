@@ -90,6 +90,28 @@ def test_refusal_rules() -> None:
     assert AccessPolicy(origins=frozenset({"*"})).origin_allowed("http://anything")
 
 
+def test_the_own_kiosk_page_is_admitted_only_where_dns_rebinding_cannot_work() -> None:
+    loopback = AccessPolicy(own_page=True)
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "LOCALHOST:8765"):
+        assert loopback.origin_allowed(f"http://{host.lower()}", host), host
+    # A rebinding page: its name now resolves to 127.0.0.1, so its Host is that name.
+    assert not loopback.origin_allowed("http://evil.example:8765", "evil.example:8765")
+    # Another page on this machine (another port or scheme) is another origin.
+    assert not loopback.origin_allowed("http://127.0.0.1:3000", "127.0.0.1:8765")
+    assert not loopback.origin_allowed("https://127.0.0.1:8765", "127.0.0.1:8765")
+    assert not loopback.origin_allowed("http://127.0.0.1:8765", None)
+    assert not AccessPolicy().origin_allowed("http://127.0.0.1:8765", "127.0.0.1:8765")
+    # With a token a rebinding page cannot get in anyway (it never has the token), so the
+    # page works under any name the kiosk reaches the appliance by.
+    tokened = AccessPolicy(token=TOKEN, own_page=True, tls=True)
+    assert tokened.origin_allowed("https://kiosk.example:8765", "kiosk.example:8765")
+    assert not tokened.origin_allowed("http://kiosk.example:8765", "kiosk.example:8765")
+    assert refusal(tokened, Req(Origin="https://kiosk.example", Host="kiosk.example"),
+                   upgrade=True) is None
+    assert refusal(loopback, Req(Origin="http://evil.example", Host="evil.example"),
+                   upgrade=True) == (403, "origin not allowed\n")
+
+
 def test_loopback_detection() -> None:
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "[::1]"):
         assert is_loopback(host), host

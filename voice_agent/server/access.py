@@ -45,6 +45,10 @@ class AccessPolicy:
     """The bearer token clients must present; None: no authentication."""
     origins: frozenset[str] = frozenset()
     """Browser origins allowed (normalized, lower case); ``*`` allows any."""
+    own_page: bool = False
+    """Admit the kiosk page this server serves (``server.page``): see :meth:`origin_allowed`."""
+    tls: bool = False
+    """Served over TLS: the page's own origin is ``https://``."""
 
     def check(self, presented: str | None) -> Credential:
         if self.token is None:
@@ -56,13 +60,24 @@ class AccessPolicy:
             return Credential.OK
         return Credential.WRONG
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        """A request without ``Origin`` (not a browser) is allowed; a browser page only when
-        its origin is listed. The default (empty list) admits no browser page at all: a
-        same-host rule would let a DNS-rebinding page in."""
+    def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:
+        """A request without ``Origin`` (not a browser) is allowed; a browser page when its
+        origin is listed, or when it is this server's own page (``own_page``): ``Origin``
+        equal to the scheme and ``Host`` of the request. A bare same-host rule would let a
+        DNS-rebinding page in (its ``Host`` is the attacker's name, resolved to us), so
+        the own page is admitted only where that cannot work: a token is required (the
+        rebinding page, another origin, never has it) or ``Host`` is a loopback name."""
         if origin is None:
             return True
-        return "*" in self.origins or normalize_origin(origin) in self.origins
+        normalized = normalize_origin(origin)
+        if "*" in self.origins or normalized in self.origins:
+            return True
+        if not self.own_page or not host:
+            return False
+        own = f"{'https' if self.tls else 'http'}://{host.strip().lower()}"
+        if normalized != own:
+            return False
+        return self.token is not None or is_loopback(urlsplit(own).hostname or "")
 
 
 class _Request(Protocol):
@@ -107,7 +122,7 @@ def refusal(policy: AccessPolicy, request: _Request, *, upgrade: bool
     the ``start`` message (browsers cannot set headers and may prefer not to put the token
     in a URL); a wrong one is refused at once.
     """
-    if not policy.origin_allowed(request.headers.get("Origin")):
+    if not policy.origin_allowed(request.headers.get("Origin"), request.headers.get("Host")):
         return HTTPStatus.FORBIDDEN, "origin not allowed\n"
     credential = request_credential(policy, request)
     if credential is Credential.WRONG or (credential is Credential.MISSING and not upgrade):
@@ -164,7 +179,8 @@ def build_policy(config: ServerConfig, env: Mapping[str, str] | None = None) -> 
             f"server.host {config.host or '(all interfaces)'} is not loopback and no token is "
             "set: set server.token or server.token_file, or server.allow_anonymous = true")
     return AccessPolicy(token=token,
-                        origins=frozenset(normalize_origin(o) for o in config.origins))
+                        origins=frozenset(normalize_origin(o) for o in config.origins),
+                        own_page=config.page, tls=bool(config.tls_cert))
 
 
 def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:

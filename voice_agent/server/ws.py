@@ -2,8 +2,8 @@
 
 :class:`VoiceServer` owns the listener: TLS, the access check on every upgrade and private
 route, the per-address and session caps, the HTTP probes (``/healthz``, ``/readyz``,
-``/status``, ``/metrics``), the LLM probes, and draining on shutdown. Each client is a
-:class:`~voice_agent.server.connection.Connection`.
+``/status``, ``/metrics``), the kiosk page (``GET /``), the LLM probes, and draining on
+shutdown. Each client is a :class:`~voice_agent.server.connection.Connection`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from voice_agent.audit import AuditLog
 from voice_agent.config import Config
 from voice_agent.engines import Engines
 from voice_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voice_agent.server import kiosk
 from voice_agent.server.access import (
     PUBLIC_PATHS,
     AccessPolicy,
@@ -160,6 +161,9 @@ class VoiceServer:
             # Which LLM engines are in service (circuit breaker states), for operators.
             body = json.dumps({"sessions": self._active, "llm": self.engines.llm.status()})
             return connection.respond(HTTPStatus.OK, body + "\n")
+        if self.config.server.page and kiosk.wants_page(request, path):
+            # Public: the files hold nothing; the session they open needs the token.
+            return kiosk.page_response(path, connection.respond(HTTPStatus.OK, ""))
         if route(path) not in UPGRADE_PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self._addresses.full(client_host(connection)):

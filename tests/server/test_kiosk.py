@@ -1,0 +1,210 @@
+"""The kiosk page: its files over HTTP, and the page itself in a real browser (Debian's
+Chromium driven by Playwright) whose fake microphone plays a spoken question."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import fixture_clips, make_config
+from voice_agent.audio.pcm import read_audio
+from voice_agent.engines import Engines
+from voice_agent.server.kiosk import assets
+from voice_agent.server.ws import VoiceServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    # As root in a container, and with nothing reaching out to the internet.
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # A kiosk's own settings: the microphone allowed, sound without a tap.
+    "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
+]
+OUTPUT_RATE = 24_000  # what the page asks for
+RECORD_STATES = """
+window.__states = [];
+new MutationObserver(() => {
+  const state = document.body && document.body.dataset.state;
+  if (state && window.__states[window.__states.length - 1] !== state) window.__states.push(state);
+}).observe(document.documentElement, {attributes: true, subtree: true,
+                                      attributeFilter: ["data-state"]});
+"""
+
+
+def http_get(url: str, headers: dict[str, str] | None = None
+             ) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def test_the_page_and_only_its_own_files_are_served(engines: Engines) -> None:
+    async with VoiceServer(engines, make_config()) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        status, headers, body = await asyncio.to_thread(http_get, base + "/")
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert "'self'" in headers["Content-Security-Policy"]
+        html = body.decode()
+        linked = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert "/static/kiosk.js" in linked and "/static/kiosk.css" in linked
+        for path in [*linked, "/static/capture.js", "/static/player.js"]:
+            status, headers, body = await asyncio.to_thread(http_get, base + path)
+            assert status == 200 and body, path
+            # Nothing from anywhere else: no CDN, no fonts, no absolute URLs at all.
+            assert not re.search(rb"https?://", body), path
+        assert (await asyncio.to_thread(http_get, base + "/static/missing.js"))[0] == 404
+        assert (await asyncio.to_thread(http_get, base + "/static/../ws.py"))[0] == 404
+    async with VoiceServer(engines, make_config(server={"page": False})) as server:
+        status, _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}/")
+        assert status != 200 and b"<html" not in body
+
+
+# --- in Chromium -------------------------------------------------------------------------
+
+
+def question_wav(folder: Path, *, lead_s: float, tail_s: float) -> Path:
+    """The fake microphone's recording: silence, a spoken question, silence."""
+    clip = fixture_clips()[0]  # "What time does the pharmacy open tomorrow?"
+    samples, rate = read_audio(clip.path)
+    audio = np.concatenate([np.zeros(int(rate * lead_s), np.int16), samples,
+                            np.zeros(int(rate * tail_s), np.int16)])
+    path = folder / "question.wav"
+    sf.write(path, audio, rate, subtype="PCM_16")
+    return path
+
+
+@asynccontextmanager
+async def chromium(microphone: Path) -> AsyncIterator[Any]:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={microphone}%noloop"])
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class Page:
+    """A kiosk page with everything it did recorded: states, page errors, requests."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page, self.base = page, base
+        self.errors: list[str] = []
+        self.foreign: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", lambda message: message.type == "error"
+                and self.errors.append(message.text))
+        page.on("request", self._request)
+
+    def _request(self, request: Any) -> None:
+        if not request.url.startswith((self.base, self.base.replace("http", "ws", 1))):
+            self.foreign.append(request.url)
+
+    @classmethod
+    async def open(cls, browser: Any, base: str) -> Page:
+        page = await browser.new_page()
+        kiosk = cls(page, base)
+        await page.add_init_script(RECORD_STATES)
+        await page.goto(base + "/")
+        return kiosk
+
+    async def until(self, condition: str, timeout_s: float = 60.0) -> None:
+        await self.page.wait_for_function(condition, timeout=timeout_s * 1000, polling=50)
+
+    async def value(self, expression: str) -> Any:
+        return await self.page.evaluate(expression)
+
+
+async def test_a_spoken_question_is_shown_answered_and_played_in_chromium(
+    engines: Engines, tmp_path: Path,
+) -> None:
+    microphone = question_wav(tmp_path, lead_s=3.0, tail_s=5.0)
+    server = await VoiceServer(engines, make_config()).start()
+    port = server.port
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with chromium(microphone) as browser:
+            kiosk = await Page.open(browser, base)
+            await kiosk.until("document.body.dataset.state === 'listening'", 30)
+            await kiosk.until("document.querySelector('.you')?.textContent.length > 0")
+            heard = (await kiosk.value("document.querySelector('.you').textContent")).lower()
+            assert "pharmacy" in heard, heard
+            # The reply as it is spoken, and its audio played (not just received).
+            await kiosk.until("document.querySelector('.agent')?.textContent.length > 0")
+            await kiosk.until(f"window.voiceAgent.stats.played > {OUTPUT_RATE // 2}")
+            await kiosk.until("!document.querySelector('#emotion').hidden")
+            await kiosk.until("document.body.dataset.state === 'listening'")
+            states = await kiosk.value("window.__states")
+            for state in ("listening", "thinking", "speaking"):
+                assert state in states, states
+            assert states.index("thinking") < states.index("speaking")
+            await kiosk.page.screenshot(path=str(tmp_path / "kiosk.png"))
+            assert not kiosk.errors, kiosk.errors
+            assert not kiosk.foreign, kiosk.foreign
+
+            # The appliance goes away: the page says so and keeps trying; back, it resumes.
+            await server.stop()
+            await kiosk.until("document.body.dataset.state === 'reconnecting'", 20)
+            server = await VoiceServer(
+                engines, make_config(server={"port": port})).start()
+            await kiosk.until("document.body.dataset.state === 'listening'", 30)
+    finally:
+        await server.stop()
+
+
+async def test_push_to_talk_hears_only_while_held_and_a_press_silences_the_reply(
+    engines: Engines, tmp_path: Path,
+) -> None:
+    # The question starts 5 s after the page opens its microphone: pressed before that,
+    # released after it.
+    microphone = question_wav(tmp_path, lead_s=5.0, tail_s=20.0)
+    async with VoiceServer(engines, make_config()) as server, chromium(microphone) as browser:
+        kiosk = await Page.open(browser, f"http://127.0.0.1:{server.port}")
+        await kiosk.until("document.body.dataset.state === 'listening'", 30)
+        await kiosk.page.check("input[value='push-to-talk']")
+        await kiosk.until("!document.querySelector('#talk').hidden")
+        talk = await kiosk.page.query_selector("#talk")
+        box = await talk.bounding_box()
+        await kiosk.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        await kiosk.page.mouse.down()
+        await asyncio.sleep(4.5)  # past the end of the question
+        await kiosk.until("document.body.classList.contains('hearing')", 1)
+        await asyncio.sleep(5.0)
+        await kiosk.page.mouse.up()
+        await kiosk.until("document.querySelector('.you')?.textContent.length > 0")
+        heard = (await kiosk.value("document.querySelector('.you').textContent")).lower()
+        assert "pharmacy" in heard, heard
+        await kiosk.until("document.body.dataset.state === 'speaking'")
+        # Pressed again mid-reply: silent at once (the player's queue is dropped, not
+        # played out), and the reply is cancelled on the server.
+        await kiosk.until(f"window.voiceAgent.stats.played > {OUTPUT_RATE // 4}")
+        await kiosk.page.mouse.down()
+        await asyncio.sleep(0.15)
+        played = await kiosk.value("window.voiceAgent.stats.played")
+        await asyncio.sleep(0.5)
+        assert await kiosk.value("window.voiceAgent.stats.played") == played
+        assert await kiosk.value("window.voiceAgent.playing") is False
+        await kiosk.page.mouse.up()
+        await kiosk.until("window.voiceAgent.stats.events.includes('turn_done')")
+        assert not kiosk.errors, kiosk.errors
