@@ -98,7 +98,7 @@ class Kiosk {
     this.errorUntil = 0;
     this.turns = new Map(); // turn id -> its list item
     // For tests and operators (DevTools): what the page has done so far.
-    this.stats = { framesSent: 0, audioReceived: 0, played: 0, events: [] };
+    this.stats = { framesSent: 0, audioReceived: 0, played: 0, events: [], states: [] };
     this.audio = new Audio((frame) => this.sendFrame(frame), (report) => this.played(report));
   }
 
@@ -345,6 +345,7 @@ class Kiosk {
 
   render() {
     const state = this.state();
+    if (this.stats.states[this.stats.states.length - 1] !== state) this.stats.states.push(state);
     document.body.dataset.state = state;
     document.body.classList.toggle("hearing", this.hearing || this.pressed);
     let text = STATE_TEXT[state];
