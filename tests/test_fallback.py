@@ -186,7 +186,9 @@ async def test_with_the_default_timeouts_a_hung_primary_costs_about_three_second
     assert done.status == "ok" and done.fallbacks == {"hung": "engine_timeout"}
     limit = config.llm.first_token_timeout_s
     assert limit <= 3.0
-    assert done.timings_ms["first_audio_ms"] < (limit + 4.0) * 1000, done.timings_ms
+    # Whisper's own time comes before the engines' (3.3 s once on a starved CI machine).
+    assert (done.timings_ms["first_audio_ms"] - done.timings_ms["asr_ms"]
+            < (limit + 4.0) * 1000), done.timings_ms
     assert done.timings_ms["llm_first_token_ms"] < 2000  # the fallback's own latency
     assert "llm_queue_ms" in done.timings_ms
     assert_no_words_twice(done, out)

@@ -152,7 +152,7 @@ async def settle(baseline: tuple[int, int, int], tolerance: tuple[int, int, int]
 @pytest.mark.timeout(900)
 async def test_fifty_sessions_killed_every_way_leave_nothing_behind(engines: Engines) -> None:
     config = make_config(server={
-        "host": "127.0.0.1", "port": 0, "send_timeout_s": 1.0, "start_timeout_s": 1.0,
+        "host": "127.0.0.1", "port": 0, "send_timeout_s": 1.0, "start_timeout_s": 3.0,
         "max_sessions": 16, "max_connections_per_address": 16, "max_input_speed": 0,
         "turns_per_minute": 10_000})
     async with VoiceServer(engines, config) as server:
