@@ -160,43 +160,38 @@ class OutputItemAdded:
 
 
 @dataclass(frozen=True)
-class AudioDelta:
-    type: ClassVar[str] = "response.output_audio.delta"
+class _ReplyPart:
+    """Where a piece of the reply belongs: its response, item and (always the first)
+    output and content part."""
+
     response_id: str
     item_id: str
+    output_index: int = field(default=0, kw_only=True)
+    content_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class AudioDelta(_ReplyPart):
+    type: ClassVar[str] = "response.output_audio.delta"
     delta: str
     """Base64 PCM16, 24 kHz mono."""
-    output_index: int = 0
-    content_index: int = 0
 
 
 @dataclass(frozen=True)
-class AudioDone:
+class AudioDone(_ReplyPart):
     type: ClassVar[str] = "response.output_audio.done"
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
 
 
 @dataclass(frozen=True)
-class TranscriptDelta:
+class TranscriptDelta(_ReplyPart):
     type: ClassVar[str] = "response.output_audio_transcript.delta"
-    response_id: str
-    item_id: str
     delta: str
-    output_index: int = 0
-    content_index: int = 0
 
 
 @dataclass(frozen=True)
-class TranscriptDone:
+class TranscriptDone(_ReplyPart):
     type: ClassVar[str] = "response.output_audio_transcript.done"
-    response_id: str
-    item_id: str
     transcript: str
-    output_index: int = 0
-    content_index: int = 0
 
 
 @dataclass(frozen=True)
