@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,17 @@ async def add_user_text(connection: Any, text: str) -> None:
         "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
 
 
+@asynccontextmanager
+async def realtime_session(base_url: str) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """An SDK connection, once its ``session.created`` has come; ``seen`` holds every event
+    received so far (``until`` adds to it)."""
+    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
+    async with client.realtime.connect(model="voice-agent") as connection:
+        seen: list[Any] = []
+        await until(connection, "session.created", seen, 10)
+        yield connection, seen
+
+
 def of(seen: list[Any], kind: str) -> list[Any]:
     return [e for e in seen if e.type == kind]
 
@@ -67,10 +79,8 @@ def audio_bytes(seen: list[Any]) -> int:
 
 
 async def test_a_spoken_turn_gets_its_transcript_and_a_spoken_reply(base_url: str) -> None:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
-        seen: list[Any] = []
-        created = await until(connection, "session.created", seen, 10)
+    async with realtime_session(base_url) as (connection, seen):
+        created = of(seen, "session.created")[0]
         assert created.session.audio.input.format.rate == RATE
         await append(connection, speech_24k(), silence_s=1.5)
         done = await until(connection, "response.done", seen)
@@ -86,10 +96,7 @@ async def test_a_spoken_turn_gets_its_transcript_and_a_spoken_reply(base_url: st
 
 
 async def test_a_text_turn_and_instructions_by_session_update(base_url: str) -> None:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
-        seen: list[Any] = []
-        await until(connection, "session.created", seen, 10)
+    async with realtime_session(base_url) as (connection, seen):
         await connection.session.update(session={
             "type": "realtime", "instructions": "You are a helpful assistant. Be brief.",
             "audio": {"input": {"turn_detection": None}}})
@@ -115,10 +122,7 @@ async def test_a_text_turn_and_instructions_by_session_update(base_url: str) -> 
 
 
 async def test_cancel_ends_the_response_cancelled(base_url: str) -> None:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
-        seen: list[Any] = []
-        await until(connection, "session.created", seen, 10)
+    async with realtime_session(base_url) as (connection, seen):
         await add_user_text(connection, "Tell me a long story about a dragon.")
         await connection.response.create()
         await until(connection, "response.output_audio.delta", seen)
@@ -129,10 +133,7 @@ async def test_cancel_ends_the_response_cancelled(base_url: str) -> None:
 
 
 async def test_truncate_keeps_what_was_heard(base_url: str) -> None:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
-        seen: list[Any] = []
-        await until(connection, "session.created", seen, 10)
+    async with realtime_session(base_url) as (connection, seen):
         await add_user_text(connection, "Tell me a long story about a dragon.")
         await connection.response.create()
         first = await until(connection, "response.output_audio.delta", seen)
@@ -148,10 +149,7 @@ async def test_truncate_keeps_what_was_heard(base_url: str) -> None:
 
 
 async def test_bad_events_get_realtime_errors_and_the_session_goes_on(base_url: str) -> None:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
-        seen: list[Any] = []
-        await until(connection, "session.created", seen, 10)
+    async with realtime_session(base_url) as (connection, seen):
         await connection.send({"type": "input_audio_buffer.append", "audio": "%%%"})
         error = await until(connection, "error", seen, 10)
         assert error.error.code == "bad_audio"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import soundfile as sf
-from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 from wyoming.audio import AudioChunk, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -19,7 +18,7 @@ from wyoming.tts import Synthesize
 
 from tests.conftest import harvard_clips, make_config
 from tests.server.test_kiosk import Page, chromium, question_wav
-from tests.server.test_realtime import add_user_text
+from tests.server.test_realtime import add_user_text, realtime_session
 from tests.server.test_ws import send_speech, wait_for_type
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
@@ -38,8 +37,7 @@ async def native_turn(url: str) -> dict[str, Any]:
 
 
 async def realtime_turn(base_url: str) -> Any:
-    client = AsyncOpenAI(base_url=base_url, api_key="unused-on-loopback")
-    async with client.realtime.connect(model="voice-agent") as connection:
+    async with realtime_session(base_url) as (connection, _):
         await add_user_text(connection, "Say hello.")
         await connection.response.create()
         async with asyncio.timeout(120):
