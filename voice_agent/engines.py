@@ -7,7 +7,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from voice_agent.asr import Transcriber, WhisperAsr
+from voice_agent.aio import call_in_thread
+from voice_agent.asr import Transcriber, Transcript, WhisperAsr
+from voice_agent.audio.pcm import Int16Array
 from voice_agent.audio.turn_end import TurnEndModel, load_turn_end_model
 from voice_agent.audio.vad import SILERO_MODELS, SILERO_PER_SESSION
 from voice_agent.config import Config
@@ -46,6 +48,12 @@ class Engines:
     turn_end_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="turn-end")
     )
+
+    async def recognize(self, audio: Int16Array, *, timeout_s: float) -> Transcript:
+        """Whisper on ``audio``, in the ASR thread, within ``timeout_s`` (else
+        ``engine_timeout``)."""
+        return await call_in_thread(lambda: self.asr.transcribe(audio), self.asr_executor,
+                                    timeout_s=timeout_s, what="speech recognition")
 
     def close(self) -> None:
         for pool in (self.asr_executor, self.tts_executor, self.turn_end_executor):

@@ -240,11 +240,7 @@ class TurnRunner:
 
     async def _recognize(self, audio: Int16Array) -> Transcript:
         """Whisper on ``audio``, in the ASR thread, within ``asr.timeout_s``."""
-        engines = self._engines
-        return await call_in_thread(
-            lambda: engines.asr.transcribe(audio), engines.asr_executor,
-            timeout_s=self._config.asr.timeout_s, what="speech recognition",
-        )
+        return await self._engines.recognize(audio, timeout_s=self._config.asr.timeout_s)
 
     async def partial_transcript(self, audio: Int16Array) -> str:
         """What is heard so far in an open utterance (``transcript_partial``)."""

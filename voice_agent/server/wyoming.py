@@ -106,7 +106,7 @@ class WyomingConnection:
 
     async def _write(self, event: Event) -> None:
         await wait_within(async_write_event(event, self._writer),
-                               self._appliance.config.server.send_timeout_s)
+                          self._appliance.config.server.send_timeout_s)
 
     async def _handle(self, event: Event) -> None:
         if Describe.is_type(event.type):
@@ -170,13 +170,11 @@ class WyomingConnection:
     async def _transcribe(self) -> None:
         audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
         self._audio, self._samples = [], 0
-        engines = self._appliance.engines
         async with self._slot():
             # As Home Assistant sends it: its pipeline does its own noise suppression and
             # gain (``prefers_*`` in ``info``), and there is no echo to cancel.
-            transcript = await call_in_thread(
-                lambda: engines.asr.transcribe(audio), engines.asr_executor,
-                timeout_s=self._appliance.config.asr.timeout_s, what="speech recognition")
+            transcript = await self._appliance.engines.recognize(
+                audio, timeout_s=self._appliance.config.asr.timeout_s)
         text = transcript.text.strip()
         language = transcript.language or None
         await self._write(TranscriptStart(language=language).event())
