@@ -59,7 +59,7 @@ class SessionObserver:
             if written is not None and audit is not None:
                 try:
                     await wait_within(asyncio.shield(asyncio.wrap_future(written)),
-                                           audit.commit_wait_s)
+                                      audit.commit_wait_s)
                 except TimeoutError:
                     log.warning("session %s turn %d: audit row not committed after %.1f s",
                                 self.session_id, event.turn_id, audit.commit_wait_s)
