@@ -191,10 +191,14 @@ def start_serve(audit: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 async def speak(ws: ClientConnection, clip_index: int) -> None:
+    """One utterance and 1.5 s of silence, in real time. Sent as fast as possible, the
+    third utterance could pass the server's input burst allowance (``server.input_burst_s``)
+    and be dropped as too fast: on a slow machine no turn came and the session ended idle."""
     samples, _ = read_audio(harvard_clips()[clip_index].path)
     audio = np.concatenate([samples, np.zeros(24000, np.int16)])
     for start in range(0, audio.size, 320):
         await ws.send(audio[start:start + 320].astype("<i2").tobytes())
+        await asyncio.sleep(0.02)
 
 
 async def until(ws: ClientConnection, kind: str) -> dict[str, Any]:
