@@ -13,7 +13,9 @@ thinking about dinner. <phrase> turn on the lights.") with silence around it, mi
 the recorded noises at random offsets at 5 and 10 dB SNR (power over the phrase) and clean.
 A detection counts when it falls between the phrase's start and 0.75 s after its end.
 
-The model runs once over everything; its raw outputs are then replayed through the
+Everything reaches the detector as it does in a session: through the frontend's noise
+suppression (``frontend.noise_suppression``, level 2 by default; ``--noise-suppression 0``
+for the raw input). The model runs once over everything; its raw outputs are then replayed through the
 detector's own decision (``WakeDecision``) for every cutoff/window in a grid, so the
 settings sweep costs nothing. The chosen setting (:func:`choose`) is the highest detection
 at 10 dB among those with no false accept in the run, also at the next lower cutoff, and a
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from voice_agent.audio.frontend import WebRtcFrontend
 from voice_agent.audio.pcm import Int16Array, read_audio, resample
 from voice_agent.audio.wake import (
     DEFAULT_TUNING,
@@ -220,18 +223,32 @@ def replay(outputs: np.ndarray, cutoff: float, window: int, refractory_steps: in
     return [i for i, p in enumerate(outputs.tolist()) if decision.step(p)]
 
 
+def denoised(audio: Int16Array, suppressor: WebRtcFrontend | None) -> Int16Array:
+    """What the session gives the detector: the capture after the frontend's noise
+    suppression (10 ms frames; a trailing part frame is dropped)."""
+    if suppressor is None:
+        return audio
+    n = audio.size // FRAME_SAMPLES * FRAME_SAMPLES
+    return np.concatenate([suppressor.process(audio[i:i + FRAME_SAMPLES])
+                           for i in range(0, n, FRAME_SAMPLES)] or [audio[:0]])
+
+
 def measure_phrase(phrase: str, negatives: list[Int16Array], positive: list[Trial],
-                   hours: float) -> dict[str, Any]:
+                   hours: float, *, noise_suppression: int) -> dict[str, Any]:
     detector = MicroWakeDetector(phrase)
     refractory_steps = round(REFRACTORY_S * RATE / (FRAME_SAMPLES * detector.stride))
     started = time.perf_counter()
     detector.reset()
-    neg = np.array([p for piece in negatives for _, p in detector.model_outputs(piece)])
+    suppressor = WebRtcFrontend(noise_suppression=noise_suppression) if noise_suppression else None
+    neg = np.array([p for piece in negatives
+                    for _, p in detector.model_outputs(denoised(piece, suppressor))])
     model_s = time.perf_counter() - started
     pos = []
     for trial in positive:
         detector.reset()
-        outs = detector.model_outputs(trial.audio)
+        suppressor = (WebRtcFrontend(noise_suppression=noise_suppression)
+                      if noise_suppression else None)
+        outs = detector.model_outputs(denoised(trial.audio, suppressor))
         pos.append((np.array([s for s, _ in outs]), np.array([p for _, p in outs])))
     sweep: list[dict[str, Any]] = []
     for window in WINDOWS:
@@ -303,12 +320,40 @@ def print_row(label: str, row: dict[str, Any]) -> None:
           f"stray {row['stray_in_positives']}")
 
 
+def report(phrase: str, result: dict[str, Any], trials: int, voices: int,
+           hours: float) -> None:
+    print(f"\n{phrase} ({trials} phrase trials, {voices} voices; model ran "
+          f"{hours:.2f} h in {result['model_seconds']} s)")
+    print_row("shipped", result["shipped"])
+    print_row("chosen", result["chosen"])
+    print(f"  {'cutoff':>6} " + " ".join(f"{'w' + str(w) + ' FA/h  10dB':>15}" for w in WINDOWS))
+    sweep = result["sweep"]
+    for cutoff in CUTOFFS:
+        cells = []
+        for window in WINDOWS:
+            r = next(r for r in sweep if r["cutoff"] == cutoff and r["window"] == window)
+            cells.append(f"{r['fa_per_hour']:>8} {r['detection']['10 dB']:>5.0%}")
+        print(f"  {cutoff:>6} " + " ".join(f"{c:>15}" for c in cells))
+    chosen = result["chosen"]
+    print(f"  per voice at the chosen setting ({' / '.join(snr_key(s) for s in SNRS)}):")
+    for voice, d in chosen["per_voice"].items():
+        print(f"    {voice:<24} " + " ".join(f"{d[snr_key(s)]:>6.0%}" for s in SNRS))
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=2.0, help="negative audio (default 2)")
     parser.add_argument("--phrases", default=",".join(WAKE_PHRASES))
     parser.add_argument("--json")
+    parser.add_argument("--noise-suppression", type=int, default=None,
+                        help="the frontend's level before the detector (default: the "
+                        "config's frontend.noise_suppression; 0: raw input)")
     args = parser.parse_args()
+    if args.noise_suppression is None:
+        from voice_agent.config import load_config
+
+        args.noise_suppression = load_config(env={}).frontend.noise_suppression
     shared = SHARED
     if not (shared / "manifest.tsv").is_file():
         print("needs ../shared/audio", file=sys.stderr)
@@ -322,28 +367,14 @@ def main() -> int:
     voices = speakers()
     results: dict[str, Any] = {"cpu": cpu_cost(np.concatenate(negatives[:20]))}
     print(f"CPU: {results['cpu']}", flush=True)
+    print(f"detector input: the frontend's noise suppression at level "
+          f"{args.noise_suppression}", flush=True)
     for phrase in args.phrases.split(","):
         positive = trials(WAKE_PHRASES[phrase], voices, noise, rng)
-        result = measure_phrase(phrase, negatives, positive, hours)
+        result = measure_phrase(phrase, negatives, positive, hours,
+                                noise_suppression=args.noise_suppression)
         results[phrase] = result
-        print(f"\n{phrase} ({len(positive)} phrase trials, {len(voices)} voices; model ran "
-              f"{hours:.2f} h in {result['model_seconds']} s)")
-        print_row("shipped", result["shipped"])
-        print_row("chosen", result["chosen"])
-        print(f"  {'cutoff':>6} " + " ".join(f"{'w' + str(w) + ' FA/h  10dB':>15}"
-                                             for w in WINDOWS))
-        sweep = result["sweep"]
-        for cutoff in CUTOFFS:
-            cells = []
-            for window in WINDOWS:
-                r = next(r for r in sweep if r["cutoff"] == cutoff and r["window"] == window)
-                cells.append(f"{r['fa_per_hour']:>8} {r['detection']['10 dB']:>5.0%}")
-            print(f"  {cutoff:>6} " + " ".join(f"{c:>15}" for c in cells))
-        chosen = result["chosen"]
-        print(f"  per voice at the chosen setting ({' / '.join(snr_key(s) for s in SNRS)}):")
-        for voice, d in chosen["per_voice"].items():
-            print(f"    {voice:<24} " + " ".join(f"{d[snr_key(s)]:>6.0%}" for s in SNRS))
-        sys.stdout.flush()
+        report(phrase, result, len(positive), len(voices), hours)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
