@@ -50,9 +50,25 @@ def test_the_echo_is_not_speech_and_a_person_over_it_is() -> None:
     gate = EchoGate()
     heard = [gate.frame(r, c, True) for r, c in zip(frames(reply), frames(leftover + person),
                                                         strict=True)]
-    learned, talking = heard[50:400], heard[400:500]  # after 0.5 s; the person's second
+    # After 0.5 s; the person's first 300 ms (the reply is paused well within them, and the
+    # rest of what they say is judged by its words).
+    learned, talking = heard[50:400], heard[400:430]
     assert sum(learned) / len(learned) < 0.05, "the echo alone passed as speech"
     assert sum(talking) / len(talking) > 0.8, "the person over the echo was not heard"
+
+
+def test_more_leftover_echo_is_learned_not_taken_for_a_person() -> None:
+    # The canceller leaves 6 dB more of the reply after 2 s (its suppressor settling, a
+    # louder passage): the model must catch up, not lock itself out as if someone spoke.
+    rng = np.random.default_rng(2)
+    reply = speechy(rng, 8.0, 3000)
+    leftover = echo_of(reply, delay=960, gain=0.3, tail=4000)
+    leftover[16000 * 2:] *= 2.0
+    gate = EchoGate()
+    heard = [gate.frame(r, c, True) for r, c in zip(frames(reply), frames(leftover),
+                                                        strict=True)]
+    settled = heard[16000 * 3 // FRAME:]  # a second after the change
+    assert sum(settled) / len(settled) < 0.05, "the louder echo kept passing as speech"
 
 
 @settings(max_examples=50, deadline=None)
