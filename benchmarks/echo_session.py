@@ -52,16 +52,13 @@ from voice_agent.audio.room import (
     scale_to_dbfs,
 )
 from voice_agent.bench import load_clips, percentile, shared_audio_dir
+from voice_agent.bench_echo import DELAYS_MS, ECHO_DB, RIRS, SNR_DB
 from voice_agent.config import Config, load_config
 from voice_agent.engines import load_tts
 from voice_agent.models import Manifest
 from voice_agent.session import Session
 
-RIRS = ("rir1", "rir2", "rir3", "rir4")
-DELAYS_MS = (20, 60, 100)
-ECHO_DB = (0.0, 5.0, 10.0)
 PERSON_DBFS = -26.0
-SNR_DB = 20.0
 THINK_S = 0.3
 CHUNK = PIPELINE_RATE // 50
 

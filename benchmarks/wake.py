@@ -15,8 +15,8 @@ A detection counts when it falls between the phrase's start and 0.75 s after its
 
 Everything reaches the detector as it does in a session: through the frontend's noise
 suppression (``frontend.noise_suppression``, level 2 by default; ``--noise-suppression 0``
-for the raw input). The model runs once over everything; its raw outputs are then replayed through the
-detector's own decision (``WakeDecision``) for every cutoff/window in a grid, so the
+for the raw input). The model runs once over everything; its raw outputs are then replayed
+through the detector's own decision (``WakeDecision``) for every cutoff/window in a grid, so the
 settings sweep costs nothing. The chosen setting (:func:`choose`) is the highest detection
 at 10 dB among those with no false accept in the run, also at the next lower cutoff, and a
 cutoff of at least ``MIN_CUTOFF``: the negatives are some 17 minutes of distinct recordings,
