@@ -24,6 +24,7 @@ from voice_agent.bench_echo import (
     cough,
     false_trial,
     format_report,
+    heard_in_echo,
     knock,
     load_material,
     onset_s,
@@ -33,6 +34,8 @@ from voice_agent.bench_echo import (
 )
 from voice_agent.config import load_config
 from voice_agent.engines import Engines
+from voice_agent.room_client import Heard
+from voice_agent.server.protocol import TranscriptEvent, TurnDone
 from voice_agent.server.ws import VoiceServer
 
 SHARED = shared_audio_dir()
@@ -129,3 +132,16 @@ async def test_one_reply_one_barge_in_one_knock(default_server: VoiceServer,
     assert row["outcome"] in ("nothing", "paused, resumed", "paused, not resumed",
                               "interrupted", "reply over"), row
     assert row["status"] in ("ok", "cancelled"), row
+
+
+def test_what_whisper_made_of_the_echo_is_kept_for_the_report() -> None:
+    def done(turn: int, status: str, words: str) -> TurnDone:
+        return TurnDone(turn_id=turn, status=status, transcript=words, reply_text="",
+                        engine="", audio_samples=0)
+
+    heard = [Heard(0.5, TranscriptEvent(turn_id=1, text="What time is it?", asr_ms=90)),
+             Heard(3.0, done(2, "backchannel", "Thank you.")),
+             Heard(4.0, TranscriptEvent(turn_id=3, text="No, no, no.", asr_ms=80)),
+             Heard(4.5, TranscriptEvent(turn_id=4, text="", asr_ms=80)),
+             Heard(5.0, done(3, "ok", "No, no, no."))]
+    assert heard_in_echo(heard, question_turn=1) == ["No, no, no.", "Thank you."]

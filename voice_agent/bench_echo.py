@@ -55,7 +55,7 @@ from voice_agent.audio.room import ACTIVE_RANGE_DB, LEVEL_FRAME, FloatArray, loa
 from voice_agent.bench import Clip, load_clips, percentile, shared_audio_dir
 from voice_agent.config import Config, describe
 from voice_agent.engines import Engines, load_engines
-from voice_agent.room_client import Room, RoomClient
+from voice_agent.room_client import Heard, Room, RoomClient
 from voice_agent.server.protocol import (
     ReplyInterrupted,
     ReplyPaused,
@@ -334,7 +334,18 @@ async def ask(client: RoomClient, s: Setting, clip: Clip, audio: Int16Array,
         row.update(status=done.status, transcript=done.transcript, reply_text=done.reply_text,
                    reply_s=round(done.audio_samples / PIPELINE_RATE, 2),
                    wer=round(word_error_rate(clip.reference, done.transcript), 3))
+        row["heard_in_echo"] = heard_in_echo(client.heard[mark:], done.turn_id)
     return row
+
+
+def heard_in_echo(heard: Sequence[Heard], question_turn: int) -> list[str]:
+    """What Whisper made of the sound while nobody spoke: the words of every other turn
+    (a burst taken for a person, or judged a backchannel) after the question's."""
+    words = [h.event.text for h in heard if isinstance(h.event, TranscriptEvent)
+             and h.event.turn_id > question_turn and h.event.text]
+    words += [h.event.transcript for h in heard if isinstance(h.event, TurnDone)
+              and h.event.status == "backchannel" and h.event.transcript]
+    return words
 
 
 async def self_trial(url: str, material: Material, s: Setting,
@@ -663,6 +674,9 @@ async def run_echo_bench(config: Config, *, quick: bool = False,
     for row in results.barge[:3]:
         if row.get("status") == "cancelled":
             print(f"heard {row['heard_text']!r} of {row['reply_text']!r}")
+    for row in results.replies:
+        if row.get("interrupted") and row.get("heard_in_echo"):
+            print(f"its own echo taken for words ({row['setting']}): {row['heard_in_echo']}")
     if json_path:
         Path(json_path).write_text(json.dumps({
             "quick": quick, "seconds": round(time.perf_counter() - started, 1),
