@@ -1,10 +1,11 @@
 """Own echo and barge-in through the real session, offline and faster than real time.
 
-``voice-agent bench --echo`` measures the whole appliance over a socket in real time (30 min
-for 50 replies); this drives the same :class:`~voice_agent.session.Session` (the shipped
-config: AEC3 + noise suppression, the VAD, the echo gate, Silero) frame by frame with a
-simulated room, so a change to how speech over the reply is told from the reply's own echo
-can be measured on hundreds of replies in minutes. No server, no models but the session's
+``voice-agent bench --echo`` measures the whole appliance over a socket in real time (some
+15 min for 50 replies, 12 barge-ins and 15 sounds); this drives the same
+:class:`~voice_agent.session.Session` (the shipped config: AEC3 + noise suppression, the
+VAD, the echo gate, Silero) frame by frame with a simulated room, so a change to how speech
+over the reply is told from the reply's own echo can be measured on hundreds of replies in
+minutes. No server, no models but the session's
 own (the speech synthesis of the replies is done once, up front).
 
 Each trial: a person asks a question (a ``speech/`` sentence); when the session starts the
@@ -111,9 +112,9 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
         if turn is not None and reply_at is None and at >= turn_at + THINK_S * PIPELINE_RATE:
             reply_at = at
             session.reply_audible(turn)
-            # The reference as the server places it: where it starts playing (misplace_ms
-            # early), the echo where it really comes.
-            session.reference(reply, misplace_ms)
+            # The reference where the server expects the reply to start playing; the echo
+            # comes delay_ms (the room) plus misplace_ms (the server's error) after it.
+            session.reference(reply, 0)
             echo_track[at:at + echo.size] = echo[:total - at]
             if over is not None:
                 start = at + round(over_at_s * PIPELINE_RATE)
