@@ -79,7 +79,8 @@ def llm_config(**values: float) -> LlmConfig:
     return config
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    # Generous: a starved CI machine has stalled a thread's start for over 2 s.
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -122,7 +123,9 @@ async def test_waiting_for_a_busy_engine_is_queue_time_not_a_timeout() -> None:
     assert engine.order == ["q0", "q1", "q2", "q3"]  # first come, first served
     queued = sorted(t["llm_queue_ms"] for _, t in results)
     assert queued[0] < 100 and queued[-1] > 1200
-    assert all(150 <= t["llm_first_token_ms"] < 500 for _, t in results)
+    # Each engine's own wait (~200 ms) is well under the 1.2 s+ the last one queued; had the
+    # queue been counted, the last first token would be at least that.
+    assert all(150 <= t["llm_first_token_ms"] < 1000 for _, t in results)
     lane.close()
 
 
