@@ -186,21 +186,30 @@ async def test_a_spoken_question_is_shown_answered_and_played_in_chromium(
 async def test_push_to_talk_hears_only_while_held_and_a_press_silences_the_reply(
     engines: Engines, tmp_path: Path,
 ) -> None:
-    # The question starts 5 s after the page opens its microphone: pressed before that,
-    # released after it.
-    microphone = question_wav(tmp_path, lead_s=5.0, tail_s=20.0)
+    # The question starts LEAD_S after the page opens its microphone: pressed before that,
+    # released once all of it has surely played. The times come from the clock, not fixed
+    # sleeps: on a starved machine the page took over 5 s to start, and a press made after
+    # the question had begun missed it.
+    lead_s = 10.0
+    samples, rate = read_audio(fixture_clips()[0].path)
+    question_s = samples.size / rate
+    microphone = question_wav(tmp_path, lead_s=lead_s, tail_s=20.0)
+    loop = asyncio.get_running_loop()
     async with VoiceServer(engines, make_config()) as server, chromium(microphone) as browser:
+        opened = loop.time()  # the microphone opens after this, and before 'listening'
         kiosk = await Page.open(browser, f"http://127.0.0.1:{server.port}")
         await kiosk.until("document.body.dataset.state === 'listening'", 30)
+        listening = loop.time()
         await kiosk.page.check("input[value='push-to-talk']")
         await kiosk.until("!document.querySelector('#talk').hidden")
         talk = await kiosk.page.query_selector("#talk")
         box = await talk.bounding_box()
         await kiosk.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         await kiosk.page.mouse.down()
-        await asyncio.sleep(4.5)  # past the end of the question
+        assert loop.time() - opened < lead_s, "the page took so long that the question began"
+        await asyncio.sleep(0.5)
         await kiosk.until("document.body.classList.contains('hearing')", 1)
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(max(0.0, listening + lead_s + question_s + 1.5 - loop.time()))
         await kiosk.page.mouse.up()
         await kiosk.until("document.querySelector('.you')?.textContent.length > 0")
         heard = (await kiosk.value("document.querySelector('.you').textContent")).lower()
