@@ -45,7 +45,6 @@ from voice_agent.audio.double_talk import session_listeners
 from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, read_audio
 from voice_agent.audio.room import (
-    ACTIVE_RANGE_DB,
     echo_path,
     load_noises,
     load_rirs,
@@ -53,7 +52,7 @@ from voice_agent.audio.room import (
     scale_to_dbfs,
 )
 from voice_agent.bench import load_clips, percentile, shared_audio_dir
-from voice_agent.bench_echo import DELAYS_MS, ECHO_DB, RIRS, SNR_DB
+from voice_agent.bench_echo import DELAYS_MS, ECHO_DB, RIRS, SNR_DB, onset_s
 from voice_agent.config import Config, load_config
 from voice_agent.engines import load_tts
 from voice_agent.models import Manifest
@@ -66,11 +65,10 @@ CHUNK = PIPELINE_RATE // 50
 
 @dataclass
 class Outcome:
-    pauses: int = 0
     long_checks: int = 0
     detected_ms: float | None = None
     paused_at_s: list[float] = field(default_factory=list)
-    """When each pause came, from the reply's start."""
+    """When each pause came, from the reply's start (one entry per pause)."""
 
 
 def new_session(config: Config) -> Session:
@@ -78,13 +76,6 @@ def new_session(config: Config) -> Session:
     return Session(vad_config=config.vad, frontend=make_frontend(config.frontend), vad=vad,
                    input_rate=PIPELINE_RATE, turn_config=config.turn, judge_pauses=False,
                    barge_in=True, barge_in_config=config.barge_in, over_reply=over_reply)
-
-
-def onset(speech: np.ndarray) -> int:
-    """The first 10 ms frame within ``ACTIVE_RANGE_DB`` of the loudest (the real start)."""
-    n = speech.size // 160 * 160
-    power = np.mean(speech[:n].reshape(-1, 160) ** 2, axis=1)
-    return int(np.argmax(power >= power.max() * 10 ** (-ACTIVE_RANGE_DB / 10))) * 160
 
 
 def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarray,
@@ -120,14 +111,13 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
                 start = at + round(over_at_s * PIPELINE_RATE)
                 spoken = scale_to_dbfs(over.astype(np.float64), PERSON_DBFS)
                 person[start:start + spoken.size] += spoken[:total - start]
-                over_onset = start + onset(spoken)
+                over_onset = start + round(onset_s(spoken) * PIPELINE_RATE)
         mic = person[at:at + CHUNK] + echo_track[at:at + CHUNK] + mic_noise[at:at + CHUNK]
         pcm = np.clip(np.round(mic), -32768, 32767).astype("<i2").tobytes()
         for action in session.audio(pcm):
             if isinstance(action, StartTurn | CommitTurn) and turn is None:
                 turn, turn_at = action.turn_id, at
             elif isinstance(action, PauseReply):
-                outcome.pauses += 1
                 outcome.paused_at_s.append(round((at - (reply_at or at)) / PIPELINE_RATE, 2))
                 paused = True
             elif isinstance(action, ResumeReply):
@@ -193,7 +183,7 @@ def main() -> int:
         found = [b for b in barge if b is not None]
         latency = (f"{percentile(found, 0.5):.0f}/{percentile(found, 0.95):.0f}"
                    if found else "-")
-        print(f"{key:<12} {sum(r['pauses'] for r in own):>13} "
+        print(f"{key:<12} {sum(len(r['paused_at_s']) for r in own):>13} "
               f"{sum(r['long_checks'] for r in own):>12}   {latency:>12} "
               f"missed {len(barge) - len(found)}/{len(barge)}")
     if args.json:

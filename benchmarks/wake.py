@@ -223,6 +223,11 @@ def replay(outputs: np.ndarray, cutoff: float, window: int, refractory_steps: in
     return [i for i, p in enumerate(outputs.tolist()) if decision.step(p)]
 
 
+def new_suppressor(level: int) -> WebRtcFrontend | None:
+    """A fresh noise suppressor at the frontend's ``level`` (0: none, the raw input)."""
+    return WebRtcFrontend(noise_suppression=level) if level else None
+
+
 def denoised(audio: Int16Array, suppressor: WebRtcFrontend | None) -> Int16Array:
     """What the session gives the detector: the capture after the frontend's noise
     suppression (10 ms frames; a trailing part frame is dropped)."""
@@ -239,16 +244,14 @@ def measure_phrase(phrase: str, negatives: list[Int16Array], positive: list[Tria
     refractory_steps = round(REFRACTORY_S * RATE / (FRAME_SAMPLES * detector.stride))
     started = time.perf_counter()
     detector.reset()
-    suppressor = WebRtcFrontend(noise_suppression=noise_suppression) if noise_suppression else None
+    suppressor = new_suppressor(noise_suppression)  # one stream: one suppressor throughout
     neg = np.array([p for piece in negatives
                     for _, p in detector.model_outputs(denoised(piece, suppressor))])
     model_s = time.perf_counter() - started
     pos = []
     for trial in positive:
         detector.reset()
-        suppressor = (WebRtcFrontend(noise_suppression=noise_suppression)
-                      if noise_suppression else None)
-        outs = detector.model_outputs(denoised(trial.audio, suppressor))
+        outs = detector.model_outputs(denoised(trial.audio, new_suppressor(noise_suppression)))
         pos.append((np.array([s for s, _ in outs]), np.array([p for _, p in outs])))
     sweep: list[dict[str, Any]] = []
     for window in WINDOWS:
