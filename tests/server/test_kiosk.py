@@ -37,6 +37,7 @@ CHROMIUM_FLAGS = [
 OUTPUT_RATE = 24_000  # what the page asks for
 SVG_NAMESPACE = b'xmlns="http://www.w3.org/2000/svg"'
 
+
 def http_get(url: str, headers: dict[str, str] | None = None
              ) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
@@ -190,10 +191,9 @@ async def test_push_to_talk_hears_only_while_held_and_a_press_silences_the_reply
     # released once all of it has surely played. The times come from the clock, not fixed
     # sleeps: on a starved machine the page took over 5 s to start, and a press made after
     # the question had begun missed it.
-    lead_s = 10.0
-    samples, rate = read_audio(fixture_clips()[0].path)
-    question_s = samples.size / rate
-    microphone = question_wav(tmp_path, lead_s=lead_s, tail_s=20.0)
+    lead_s, tail_s = 10.0, 20.0
+    microphone = question_wav(tmp_path, lead_s=lead_s, tail_s=tail_s)
+    question_s = sf.info(microphone).duration - lead_s - tail_s
     loop = asyncio.get_running_loop()
     async with VoiceServer(engines, make_config()) as server, chromium(microphone) as browser:
         opened = loop.time()  # the microphone opens after this, and before 'listening'
