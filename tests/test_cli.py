@@ -153,8 +153,12 @@ def test_serve_falls_back_when_the_primary_server_is_not_there(tmp_path: Path) -
     fallback = "llama_cpp:smollm2-135m-instruct-q4_1"  # `default`, by its manifest name
     assert all(t["status"] == "ok" and t["engine"] == fallback for t in turns), json.dumps(turns)
     assert not any("[speaker" in t["reply_text"].lower() for t in turns), json.dumps(turns)
-    refused = [t["fallbacks"] for t in turns[:3]]
-    assert refused == [{primary: "llm_unreachable"}] * 3, refused
-    assert turns[3]["fallbacks"] == {}  # breaker open: not even tried
+    # A turn whose answer was started early (speculation) and begun again when the person
+    # went on pays the refusal twice, so the breaker may open after fewer than three turns:
+    # refused turns first, then none tried at all.
+    refused = [t["fallbacks"] for t in turns]
+    tried = sum(f == {primary: "llm_unreachable"} for f in refused)
+    assert 1 <= tried <= 3 and refused == [{primary: "llm_unreachable"}] * tried + [{}] * (
+        4 - tried), refused
     breakers = {b["engine"]: b["state"] for b in status["llm"]}
     assert breakers == {primary: "open", fallback: "closed"}
