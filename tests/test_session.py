@@ -182,12 +182,13 @@ def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
     assert started.event.audio_ms == pytest.approx(2100, abs=20)
     assert session.active_turn is None
     assert session.state is State.USER_SPEAKING
-    # barge_in.confirm_ms (600) of speech from its start: its words are checked.
-    assert feed(session, tone(300)) == []
+    # barge_in.confirm_ms (600) of speech, 200 ms of it once the paused reply is quiet in
+    # the room (barge_in.echo_tail_ms, 600, after the pause): its words are checked.
+    assert feed(session, tone(500)) == []
     check = feed(session, tone(200))
-    assert len(check) == 1 and isinstance(check[0], CheckBurst)
+    assert len(check) == 1 and isinstance(check[0], CheckBurst) and check[0].long
     assert check[0].turn_id == 2 and check[0].paused_turn == 1
-    assert check[0].audio.size >= 16 * 700
+    assert check[0].audio.size >= 16 * 900
     assert session.burst_heard(2, True, "wait a moment") == [CancelTurn(1, "barge_in")]
     actions = feed(session, silence(600))
     turn = next(a for a in actions if isinstance(a, StartTurn))
@@ -195,6 +196,18 @@ def test_speech_while_responding_pauses_then_cancels_the_turn() -> None:
     # The finished report of the cancelled turn does not touch the new one.
     assert session.turn_finished(1) == []
     assert session.active_turn == 2
+
+
+def test_a_long_burst_that_stops_with_the_reply_is_not_trusted_on_its_length() -> None:
+    """What the canceller leaves of the reply stops when the reply pauses; a person goes on.
+    A burst past confirm_ms that ends before the paused reply is quiet is judged at its end
+    by its words alone (Whisper's doubt counts), not trusted on its length."""
+    session = make_session(barge_in=True)
+    speak_one_turn(session)
+    actions = feed(session, tone(650) + silence(600))
+    assert PauseReply(1) in actions
+    checks = [a for a in actions if isinstance(a, CheckBurst)]
+    assert len(checks) == 1 and not checks[0].long
 
 
 def test_half_duplex_drops_input_while_responding() -> None:
@@ -536,3 +549,52 @@ def test_what_the_player_dropped_is_no_longer_expected_back() -> None:
     feed(session, silence(400))
     played = np.concatenate(tap.fed)
     assert (played[:1600] == 1000).all() and not played[1600:].any()
+
+
+def test_what_played_while_the_client_sent_nothing_is_not_expected_in_its_next_audio() -> None:
+    session, tap = tapped_session()
+    session.reference(np.full(16000, 1000, np.int16), delay_ms=0)  # 1 s of reply
+    session.input_paused(8000)  # the client was silent for the first half of it
+    feed(session, silence(1000))
+    played = np.concatenate(tap.fed)
+    assert (played[:8000] == 1000).all() and not played[8000:].any()
+
+
+# --- speech in the echo tail of a reply ----------------------------------------------------
+
+
+def reply_then_speech(gap_ms: int, *, echo_tail_ms: int = 600,
+                      reference: bool = True) -> StartTurn:
+    """One turn answered by a 1 s reply (fed as the echo reference when ``reference``),
+    finished when it has played; speech starting ``gap_ms`` after its end: the next turn."""
+    session = make_session(barge_in_config=BargeInConfig(echo_tail_ms=echo_tail_ms))
+    (first,) = [a for a in speak_one_turn(session) if isinstance(a, StartTurn)]
+    if reference:
+        session.reference(np.zeros(16000, np.int16))
+    feed(session, silence(1000))
+    session.turn_finished(first.turn_id)
+    actions = feed(session, silence(gap_ms) + tone(600) + silence(600))
+    (second,) = [a for a in actions if isinstance(a, StartTurn)]
+    return second
+
+
+@pytest.mark.parametrize(("gap_ms", "after_reply"), [(0, True), (400, True), (900, False)])
+def test_speech_begun_in_the_echo_tail_is_marked_for_its_words_to_be_checked(
+        gap_ms: int, after_reply: bool) -> None:
+    assert reply_then_speech(gap_ms).after_reply is after_reply
+
+
+def test_speech_after_a_reply_the_client_was_silent_through_is_not_in_its_echo_tail() -> None:
+    session = make_session(barge_in_config=BargeInConfig(echo_tail_ms=600))
+    (first,) = [a for a in speak_one_turn(session) if isinstance(a, StartTurn)]
+    session.reference(np.zeros(16000, np.int16))
+    session.turn_finished(first.turn_id)
+    session.input_paused(16000 + 16000 * 900 // 1000)  # push-to-talk: nothing sent meanwhile
+    actions = feed(session, tone(600) + silence(600))
+    (second,) = [a for a in actions if isinstance(a, StartTurn)]
+    assert not second.after_reply
+
+
+def test_without_a_loudspeaker_or_with_the_tail_off_speech_after_a_reply_is_not_marked() -> None:
+    assert not reply_then_speech(0, reference=False).after_reply
+    assert not reply_then_speech(0, echo_tail_ms=0).after_reply

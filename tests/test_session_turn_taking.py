@@ -152,7 +152,8 @@ def test_speech_after_the_reply_was_heard_is_a_barge_in() -> None:
     session.reply_audible(1)
     actions = feed(session, silence(300) + tone(200))
     assert kinds(actions) == ["SpeechStarted", "PauseReply"]  # silent after a blip's worth
-    actions = feed(session, tone(500))  # barge_in.confirm_ms of speech: what is it?
+    # barge_in.confirm_ms of speech, some once the paused reply is quiet: what is it?
+    actions = feed(session, tone(800))
     assert kinds(actions) == ["CheckBurst"]
     actions = session.burst_heard(2, True, "hold on")
     assert kinds(actions) == ["CancelTurn"]
@@ -327,3 +328,56 @@ def test_any_sequence_keeps_one_run_per_turn_and_resumes_only_unheard_replies(
                 check(session.turn_finished(turn))
     assert closed and speculating is None
     event(f"resumed: {sum(1 for n in runs.values() if n == 0) > 0}")
+
+
+def burst_paused_over_the_reply() -> Session:
+    """A reply playing, and a burst over it that paused it and has just paused itself: its
+    words are being checked."""
+    session = make(LengthJudge(finished_after_ms=0))
+    feed(session, silence(200) + tone(600) + silence(400))
+    session.reply_audible(1)
+    assert kinds(feed(session, silence(300) + tone(200))) == ["SpeechStarted", "PauseReply"]
+    assert kinds(feed(session, silence(200))) == ["CheckBurst"]
+    return session
+
+
+def test_no_words_at_a_bursts_pause_play_the_reply_on_at_once() -> None:
+    session = burst_paused_over_the_reply()
+    assert kinds(session.burst_heard(2, False, "")) == ["ResumeReply"]
+
+
+def test_doubted_words_at_a_bursts_pause_keep_the_reply_paused_until_it_is_judged_whole() -> None:
+    session = burst_paused_over_the_reply()
+    assert session.burst_heard(2, False, "", unsure=True) == []
+    actions = feed(session, silence(1200))  # no more of it: it ended, and is judged whole
+    assert kinds(actions) == ["CheckBurst"]
+    assert kinds(session.burst_heard(2, False, "")) == ["TurnDone", "ResumeReply"]
+    assert session.active_turn == 1
+
+
+def test_doubted_words_then_more_speech_are_judged_with_it() -> None:
+    session = burst_paused_over_the_reply()
+    assert session.burst_heard(2, False, "", unsure=True) == []
+    actions = feed(session, tone(900))  # long, and on once the reply is quiet: trusted
+    assert "CheckBurst" in kinds(actions) and "ResumeReply" not in kinds(actions)
+    assert kinds(session.burst_heard(2, True, "stop there")) == ["CancelTurn"]
+
+
+def test_a_persons_words_at_a_bursts_pause_interrupt_once_it_goes_on_in_the_quiet() -> None:
+    session = burst_paused_over_the_reply()
+    assert session.burst_heard(2, True, "and then") == []  # the echo may say that too
+    actions = feed(session, tone(600))  # on, once the paused reply is quiet in the room
+    assert kinds(actions) == ["CancelTurn"]
+
+
+def test_words_of_a_burst_that_stops_with_the_reply_are_its_echo_and_it_plays_on() -> None:
+    session = burst_paused_over_the_reply()
+    assert session.burst_heard(2, True, "what is it") == []
+    actions = feed(session, silence(800))  # barge_in.echo_tail_ms + QUIET_WAIT_MS in all
+    assert kinds(actions) == ["ResumeReply", "TurnDone"]  # it played on; the burst ended
+    assert session.active_turn == 1
+
+
+def test_a_stop_phrase_interrupts_at_once() -> None:
+    session = burst_paused_over_the_reply()
+    assert kinds(session.burst_heard(2, True, "stop", stop=True))[0] == "CancelTurn"

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import harvard_clips, make_config
 from tests.fakes import Recorder, ScriptedLlm
 from tests.llm.test_openai_http import DONE, FaultServer, Script, event, streams
+from tests.test_asr import piper
 from voice_agent.audio.pcm import read_audio
 from voice_agent.engines import Engines
 from voice_agent.llm.chain import LlmChain
@@ -286,7 +287,28 @@ async def test_a_burst_of_noise_has_no_words_and_a_sentence_keeps_them(
         engines: Engines, utterance: tuple, trust: bool) -> None:
     runner = TurnRunner(engines, make_config(), output_rate=16000)
     noise = np.random.default_rng(3).normal(0, 300, 16000).astype(np.int16)  # 1 s of hiss
-    assert await runner.hear_burst(noise, trust=trust) == ""
+    assert (await runner.hear_burst(noise, trust=trust)).text == ""
     reference, audio = utterance
     heard = await runner.hear_burst(audio, trust=trust)
-    assert reference.split()[0].lower() in heard.lower()
+    assert reference.split()[0].lower() in heard.text.lower(), heard
+
+
+async def test_the_replys_own_end_heard_after_it_is_not_answered_and_a_question_is(
+        engines: Engines, utterance: tuple) -> None:
+    """Speech begun in a reply's echo tail (``after_reply``): the reply's own last words,
+    as the canceller lets them through, end ``backchannel`` unanswered and leave the
+    conversation be; a question of the person's is answered."""
+    runner = TurnRunner(engines, make_config(), output_rate=16000)
+    first = await runner.run(1, utterance[1], 450, Recorder())
+    assert first.status == "ok" and first.heard_text, first
+    its_end = " ".join(first.heard_text.split()[-5:])
+    out = Recorder()
+    echo = await runner.run(2, piper(engines, its_end), 450, out, after_reply=True)
+    assert (echo.status, echo.reply_text) == ("backchannel", ""), (its_end, echo)
+    assert echo.transcript and not out.pcm
+    assert not [e for e in out.events if isinstance(e, TranscriptEvent)]
+    assert len(runner.conversation) == 1
+    question = harvard_clips()[1]
+    asked = await runner.run(3, read_audio(question.path)[0], 450, Recorder(), after_reply=True)
+    assert asked.status == "ok" and asked.reply_text, asked
+    assert question.reference.split()[-1].lower().strip(".") in asked.transcript.lower()

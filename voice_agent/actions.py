@@ -22,6 +22,9 @@ class StartTurn:
     """Stream time from the last speech frame to the end-of-turn decision."""
     text: str = ""
     """A typed turn's words (``audio`` is then empty): answered without ASR."""
+    after_reply: bool = False
+    """It began within ``barge_in.echo_tail_ms`` of the end of the reply played before it:
+    its words must be the person's, not that reply's echo, to be answered."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Speculate:
     audio: Int16Array = field(repr=False)
     endpoint_wait_ms: int
     """Stream time from the last speech frame to the start of the speculation."""
+    after_reply: bool = False
+    """As :attr:`StartTurn.after_reply`."""
 
 
 @dataclass(frozen=True)

@@ -119,4 +119,4 @@ class Appliance:
             session, runner, out, on_close, on_turn_done=on_turn_done,
             clock=clock or PlaybackClock(options.output_rate, lead_ms=config.playback.lead_ms),
             echo_reference=options.echo_reference,
-            burst_judge=BurstJudge(config.barge_in.backchannels))
+            burst_judge=BurstJudge.configured(config.barge_in))

@@ -143,10 +143,17 @@ class PlaybackConfig:
     network jitter, small enough that a barge-in leaves little buffered. 0 sends the reply as
     fast as it is made (a client that only records it); then nothing tells what was heard
     and the whole reply counts as played once sent."""
+    input_gap_ms: int = 500
+    """A client's audio arriving this much later than real time allows means it stopped
+    sending (push-to-talk, a microphone turned off while the reply plays): the reply that
+    played meanwhile is taken off the echo reference, which otherwise would wait on the input
+    timeline to be cancelled out of the person's next words. Shorter lateness is network
+    jitter. 0: never (every client streams all the time)."""
 
     def validate(self) -> None:
         _check(self.lead_ms == 0 or 60 <= self.lead_ms <= 10_000,
                "playback.lead_ms must be 0 (unpaced) or 60..10000")
+        _check(0 <= self.input_gap_ms <= 10_000, "playback.input_gap_ms must be 0..10000")
 
 
 @dataclass
@@ -172,6 +179,18 @@ class BargeInConfig:
     """Words that over the reply mean "go on", not "stop" (compared case- and
     punctuation-free; a burst made only of these resumes the reply). The last ones are also
     what Whisper makes up, confidently, from noise and from what is left of the echo."""
+    stop_phrases: list[str] = field(default_factory=lambda: [
+        "stop", "wait", "hold on", "hang on", "cancel", "enough", "pause", "be quiet",
+        "shut up", "excuse me"])
+    """Words that over the reply stop it at once, even said in one breath that ends before
+    the paused reply is quiet in the room (any other words must go on past that:
+    ``barge_in.echo_tail_ms``). Not "no": Whisper makes "No, no, no." out of the echo."""
+    heard_in_quiet_ms: int = 200
+    """Words of a person over the reply interrupt it (unless they hold a stop phrase) only
+    when the burst has this much speech once the paused reply is quiet in the room
+    (``echo_tail_ms`` after the pause): Whisper makes confident words out of the echo ("You
+    love.", "What is it?", "in turn."), but the echo stops when the reply does, and a person
+    goes on. A burst whose words stop with the reply is its echo, and the reply plays on."""
     pause_after_ms: int = 40
     """Speech heard over the reply for this long after the VAD's start
     (``vad.start_speech_ms``) pauses it: some 100 ms of speech in all, so a person is
@@ -192,6 +211,17 @@ class BargeInConfig:
     resume_after_ms: int = 2500
     """A reply paused this long with the burst over it not yet judged plays on (a
     transcription that never came back must not leave the reply stuck)."""
+    echo_tail_ms: int = 600
+    """Speech that starts within this long after the last of a reply was played is heard
+    as it would be over the reply: the room still rings with the reply's end, and what the
+    canceller leaves of it was answered as a turn of its own ("you ask me again?" after
+    "...could you ask me again?"). It is answered only when its words are the person's: not
+    words Whisper doubts, not only the reply's own words, and not only backchannels, unless
+    the reply ended in a question (then "yes" or "okay" is an answer). Measured with
+    ``benchmarks/echo_session.py``: such speech began 13 ms before to 384 ms after the end.
+    0: off. It is also how long after a pause the reply counts as quiet in the room: a
+    long burst's words are trusted only if it goes on past that (the echo stops with the
+    reply; a person does not)."""
 
     def validate(self) -> None:
         _check(100 <= self.confirm_ms <= 5000, "barge_in.confirm_ms must be 100..5000")
@@ -203,6 +233,9 @@ class BargeInConfig:
                "barge_in.min_voice_probability must be 0..<1")
         _check(100 <= self.resume_after_ms <= 30_000,
                "barge_in.resume_after_ms must be 100..30000")
+        _check(0 <= self.echo_tail_ms <= 5000, "barge_in.echo_tail_ms must be 0..5000")
+        _check(0 <= self.heard_in_quiet_ms <= self.confirm_ms,
+               "barge_in.heard_in_quiet_ms must be 0..confirm_ms")
 
 
 @dataclass

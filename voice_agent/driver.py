@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array, StreamResampler, bytes_to_int16
-from voice_agent.barge_in import BurstJudge
+from voice_agent.barge_in import BurstJudge, BurstWords
 from voice_agent.output import ReplyPlayback, TurnOutput
 from voice_agent.playback import PlaybackClock
 from voice_agent.reply_pump import ReplyPump
@@ -74,11 +74,12 @@ class Runner(Protocol):
 
     async def run(self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float,
                   out: TurnOutput, *, speculation: Speculation | None = None,
-                  playback: ReplyPlayback | None = None, text: str = "") -> TurnDone: ...
+                  playback: ReplyPlayback | None = None, text: str = "",
+                  after_reply: bool = False) -> TurnDone: ...
 
     async def partial_transcript(self, audio: Int16Array) -> str: ...
 
-    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str: ...
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> BurstWords: ...
 
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float: ...
@@ -305,17 +306,25 @@ class SessionDriver:
     async def _check_burst(self, action: CheckBurst) -> None:
         """Transcribe a short burst over the paused reply and tell the session what it was."""
         try:
-            text = await self.runner.hear_burst(action.audio, trust=action.long)
+            heard: BurstWords | None = await self.runner.hear_burst(action.audio,
+                                                                    trust=action.long)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # unknown: speech it was, so the person gets the turn
             log.warning("transcribing a burst over the reply failed: %r", exc)
-            text = None
-        real = text is None or self._burst_judge.is_turn(
-            text, self.pump.reply_text(action.paused_turn))
-        log.debug("burst over turn %d's reply: %r -> %s", action.paused_turn, text,
-                  "a turn" if real else "not a turn")
-        await self._carry_out(self.session.burst_heard(action.turn_id, real, text or ""))
+            heard = None
+        reply = self.pump.reply_text(action.paused_turn)
+        real = heard is None or self._burst_judge.is_turn(heard.text, reply)
+        # Doubted words that would be a turn if sure: a mangled person, or the echo.
+        unsure = heard is not None and not real and self._burst_judge.is_turn(heard.doubted,
+                                                                              reply)
+        text = heard.text if heard is not None else ""
+        stop = real and self._burst_judge.is_stop(text)
+        log.debug("burst over turn %d's reply: %r -> %s", action.paused_turn, heard,
+                  "stop" if stop else "a turn's words" if real
+                  else "unsure" if unsure else "not a turn")
+        await self._carry_out(self.session.burst_heard(action.turn_id, real, text,
+                                                       unsure=unsure, stop=stop))
 
     async def _carry_out(self, actions: list[Action]) -> None:
         """Actions a helper task got from the session: the session has already moved on (a
@@ -332,7 +341,7 @@ class SessionDriver:
                 running.runner = asyncio.create_task(self.runner.run(
                     turn_id, action.audio, action.endpoint_wait_ms, running.speculation.out,
                     speculation=running.speculation, playback=self.pump.output(turn_id),
-                    text=text))
+                    text=text, after_reply=action.after_reply))
                 done = await self._result(turn_id, running.runner)
             if running.abandoned:
                 return  # no end: the person went on speaking, and the turn with them

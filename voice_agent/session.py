@@ -69,6 +69,7 @@ from voice_agent.audio.pcm import (
 )
 from voice_agent.audio.reference import EchoTimeline
 from voice_agent.audio.vad import (
+    FRAME_MS,
     Endpointer,
     EndpointEvent,
     SpeechContinued,
@@ -111,6 +112,9 @@ class State(enum.Enum):
 
 HELD_INPUT_MAX_S = 120
 """With turn detection off, input held beyond this before a commit is dropped (counted)."""
+QUIET_WAIT_MS = 400
+"""How long, once the paused reply is quiet, a burst whose words are a person's is waited on
+to go on before the reply plays again."""
 REFERENCE_AHEAD_S = 30
 """How far ahead of the input reply audio may be placed as the echo reference."""
 
@@ -191,9 +195,15 @@ class Session:
         self._echo_fed = False
         """What is played has been fed as an echo reference: a loudspeaker is in the room."""
         self._reference_end = 0
-        """Input sample at which the last reference piece placed ends."""
+        """Echo-timeline sample at which the last reference piece placed ends."""
+        self._echo_shift = 0
+        """Echo timeline minus input timeline: real time the client sent nothing in
+        (:meth:`input_paused`)."""
+        self._after_reply = False
+        """The open utterance began in the echo tail of a reply (``barge_in.echo_tail_ms``)."""
         self._stream_samples = 0
-        """Input samples (16 kHz) framed so far: the echo reference's timeline."""
+        """Input samples (16 kHz) framed so far; plus ``_echo_shift``, the echo reference's
+        timeline."""
         self._listener = over_reply or OverReplyListener(
             min_unexplained=self._barge.min_unexplained)
         self._pause_sent = False
@@ -202,6 +212,10 @@ class Session:
         """The ``speech_started`` of a burst over the reply, sent only once it pauses it (a
         blip of echo or a click gets no events at all)."""
         self._burst_speech_ms = 0
+        self._burst_speech_in_quiet_ms = 0
+        """Of the burst, speech heard once the paused reply has gone quiet in the room."""
+        self._awaiting_quiet = False
+        """The burst's words are a person's: it is a turn if it goes on in the quiet."""
         self._burst_voice = 0.0
         """The best voice score of the burst over the reply so far."""
         self._wake = WakeGate(wake, follow_up_ms=wake_follow_up_ms) if wake else None
@@ -256,7 +270,7 @@ class Session:
         contiguously, and a position estimated for each piece from the event loop's time
         jitters by tens of milliseconds, an echo path changing every 20 ms that the
         canceller never converges on."""
-        now = self._stream_samples + self._framer.pending
+        now = self._stream_samples + self._framer.pending + self._echo_shift
         if follows and self._reference_end >= now:
             start = self._reference_end
         else:
@@ -267,11 +281,19 @@ class Session:
 
     def reference_dropped(self) -> None:
         """The player dropped what it had not played yet (the reply paused or stopped)."""
-        self._echo.clear_from(self._stream_samples + self._framer.pending)
+        self._echo.clear_from(self._stream_samples + self._framer.pending + self._echo_shift)
         self._reference_end = 0
 
+    def input_paused(self, samples: int) -> None:
+        """The client sent nothing for ``samples`` (16 kHz) of real time before the audio
+        about to come (a half-duplex client stops while the reply plays; see
+        :class:`~voice_agent.audio.reference.InputGaps`). What played meanwhile reached no
+        microphone: the echo timeline moves past it, or the reply would be cancelled out of
+        the person's next words."""
+        self._echo_shift += max(0, samples)
+
     def _frame(self, frame: Int16Array) -> list[Action]:
-        reference = self._echo.take(self._stream_samples, frame.size)
+        reference = self._echo.take(self._stream_samples + self._echo_shift, frame.size)
         self._stream_samples += frame.size
         if self.muted or self._deaf():
             self.dropped["muted" if self.muted else "responding"] += frame.size
@@ -301,24 +323,42 @@ class Session:
             if self._unannounced is None:
                 actions.extend(self._maybe_partial())
             if self._paused is not None:
-                self._burst_speech_ms += FRAME_SAMPLES * 1000 // PIPELINE_RATE
+                self._burst_speech_ms += FRAME_MS
                 self._burst_voice = max(self._burst_voice, self._listener.voice_probability)
+                if self._reply_quiet():
+                    self._burst_speech_in_quiet_ms += FRAME_MS
+                if (self._awaiting_quiet
+                        and self._burst_speech_in_quiet_ms >= self._barge.heard_in_quiet_ms):
+                    return [*actions, *self._burst_is_turn()]
             voiced = self._burst_voice >= self._barge.min_voice_probability
             if (self._paused is not None and not self._pause_sent and voiced
                     and self._burst_speech_ms >= self._barge.pause_after_ms):
                 self._pause_sent, self._paused_at_ms = True, self._endpointer.now_ms
                 actions += [*self._announce(), PauseReply(self._paused)]
             if (self._paused is not None and not self._long_burst_checked and voiced
-                    and self._burst_speech_ms >= self._barge.confirm_ms):
-                # Speech long enough to be someone taking the turn (what is left of the echo
-                # comes in short runs): a turn unless its words are the reply's or "go on".
+                    and self._burst_speech_ms >= self._barge.confirm_ms
+                    and self._burst_speech_in_quiet_ms >= self._barge.heard_in_quiet_ms):
+                # Speech long enough to be someone taking the turn, and still heard once
+                # nothing the appliance played can ring: a turn unless its words are the
+                # reply's or "go on".
                 self._long_burst_checked = self._checking = True
                 actions.append(CheckBurst(self._turn_id, self._paused,
                                           self._endpointer.utterance_audio(), long=True))
-        elif (self._paused is not None and self._pause_sent
-              and self._endpointer.now_ms - self._paused_at_ms >= self._barge.resume_after_ms):
-            actions.extend(self._play_on())  # its judgement never came: play on
+        elif self._paused is not None and self._pause_sent:
+            paused_ms = self._endpointer.now_ms - self._paused_at_ms
+            if (self._awaiting_quiet
+                    and paused_ms >= self._barge.echo_tail_ms + QUIET_WAIT_MS):
+                # Its words came out of the reply's echo: nothing followed in the quiet.
+                actions.extend(self._play_on_and_listen())
+            elif paused_ms >= self._barge.resume_after_ms:
+                actions.extend(self._play_on())  # its judgement never came: play on
         return actions
+
+    def _reply_quiet(self) -> bool:
+        """The reply has been paused long enough (``barge_in.echo_tail_ms``) that nothing it
+        played still sounds in the room: a client's buffered lead, the room's tail."""
+        return (self._pause_sent
+                and self._endpointer.now_ms - self._paused_at_ms >= self._barge.echo_tail_ms)
 
     def _is_speech(self, cleaned: Int16Array, reference: Int16Array) -> bool:
         """The VAD's answer, unless the reply's echo explains the sound."""
@@ -387,8 +427,10 @@ class Session:
             self._burst_at_ms, self._held_end, self._held_pause = event.at_ms, None, None
             self._long_burst_checked = False
             self._pause_sent, self._burst_speech_ms, self._checking = False, 0, False
+            self._burst_speech_in_quiet_ms, self._awaiting_quiet = 0, False
             self._burst_voice = self._listener.recent_voice
         self._turn_id += 1
+        self._after_reply = self._paused is None and self._in_echo_tail(event.at_ms)
         if self.state is not State.ENDING:
             self.state = State.USER_SPEAKING
         started = Emit(SpeechStarted(turn_id=self._turn_id, audio_ms=event.at_ms))
@@ -397,6 +439,14 @@ class Session:
         else:
             actions.append(started)
         return actions
+
+    def _in_echo_tail(self, at_ms: int) -> bool:
+        """Whether ``at_ms`` falls while a reply's end may still ring in the room (a burst
+        over a playing reply is judged on its own terms: :class:`CheckBurst`)."""
+        tail = self._barge.echo_tail_ms * PIPELINE_RATE // 1000
+        return (tail > 0 and self._reference_end > 0  # set only by a fed reference
+                and at_ms * PIPELINE_RATE // 1000 + self._echo_shift
+                < self._reference_end + tail)
 
     def _announce(self) -> list[Action]:
         """The burst over the reply is more than a blip: its ``speech_started`` goes out."""
@@ -435,7 +485,8 @@ class Session:
         if self._turn.speculate:
             self._speculating = self._turn_id
             actions.append(Speculate(self._turn_id, event.audio,
-                                     event.at_ms - event.speech_end_ms))
+                                     event.at_ms - event.speech_end_ms,
+                                     after_reply=self._after_reply))
         if self._judge_pauses:
             actions.append(JudgeTurn(self._turn_id, event.audio, event.at_ms))
         return actions
@@ -457,21 +508,34 @@ class Session:
         turn_id, self._speculating = self._speculating, None
         return [AbandonTurn(turn_id)]
 
-    def burst_heard(self, turn_id: int, is_turn: bool, text: str) -> list[Action]:
+    def burst_heard(self, turn_id: int, is_turn: bool, text: str, *,
+                    unsure: bool = False, stop: bool = False) -> list[Action]:
         """What :class:`CheckBurst` found. A turn: the paused reply is interrupted and the
         utterance goes on as any other. Not a turn: the reply plays on; a burst that has
         ended ends with a ``backchannel`` ``turn_done`` carrying its words, one still going
         on is listened to further (more of it pauses the reply again and is judged whole:
-        "yeah... but wait" is a turn, and none of its words is lost)."""
+        "yeah... but wait" is a turn, and none of its words is lost). ``unsure``: words
+        Whisper doubts that would be a turn if it were sure; a burst that has only paused
+        then keeps the reply paused, and its end or more of it decides (a person talking
+        over a loud reply is heard as doubted words at their first breath: resuming then
+        played the reply on over them).
+
+        Words of a person interrupt only once the burst has gone on after the paused reply
+        fell quiet in the room (``barge_in.heard_in_quiet_ms``), or when they hold a stop phrase
+        (``stop``): Whisper makes confident words out of the echo too, but the echo stops
+        with the reply. A burst still open waits for that, paused, for ``QUIET_WAIT_MS``;
+        one that ended without it was no turn."""
         if turn_id != self._turn_id or self._paused is None:
             return []
         self._checking = False
-        if is_turn:
+        if is_turn and (stop or self._burst_speech_in_quiet_ms >= self._barge.heard_in_quiet_ms):
             return self._burst_is_turn()
         if self._held_end is None and self.state is State.USER_SPEAKING:
             self._held_pause = None
-            self._burst_speech_ms, self._long_burst_checked = 0, False
-            return self._play_on()
+            if (unsure or is_turn) and self._pause_sent:
+                self._awaiting_quiet = is_turn
+                return []
+            return self._play_on_and_listen()
         return self._end_burst(text)
 
     def _end_burst(self, text: str) -> list[Action]:
@@ -487,9 +551,17 @@ class Session:
                         reply_text="", engine="", audio_samples=0)
         return [Emit(done), *self._resume_reply()]
 
+    def _play_on_and_listen(self) -> list[Action]:
+        """Resume the reply; more of the burst over it is measured afresh (it must pause the
+        reply, and go on for ``confirm_ms``, again)."""
+        self._burst_speech_ms, self._long_burst_checked = 0, False
+        self._burst_speech_in_quiet_ms = 0
+        return self._play_on()
+
     def _play_on(self) -> list[Action]:
         """Resume the paused reply while the burst over it may go on."""
         assert self._paused is not None  # noqa: S101 - only while a burst is open
+        self._awaiting_quiet = False
         if not self._pause_sent:
             return []
         self._pause_sent = False
@@ -538,7 +610,7 @@ class Session:
         else:
             actions += self._stop_speculating()
             actions.append(StartTurn(turn_id=self._turn_id, audio=event.audio,
-                                     endpoint_wait_ms=wait_ms))
+                                     endpoint_wait_ms=wait_ms, after_reply=self._after_reply))
         self._active_turn = self._turn_id
         self._decided_at_ms, self._audible_at_ms = event.at_ms, None
         if self.state is not State.ENDING:

@@ -22,6 +22,7 @@ from voice_agent.aio import call_in_thread, wait_within
 from voice_agent.asr import Transcript
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.audio.turn_end import combined_probability, text_complete_probability
+from voice_agent.barge_in import BurstJudge, BurstWords
 from voice_agent.config import Config
 from voice_agent.emotion import EmotionTag, EmotionTracker, analyze, reply_length_scale
 from voice_agent.engines import Engines
@@ -48,10 +49,15 @@ __all__ = ["TurnOutput", "TurnRunner"]
 
 log = logging.getLogger(__name__)
 TRUSTED_BURST_NO_SPEECH = 0.5
-"""A long burst over the reply is words only below this no-speech probability. Measured
-through the server in simulated rooms: what Whisper made of the echo's leftovers and then
-took for a person ("No, no, no.", "Yes, Mr.", "Let's go.") scored 0.53-0.61; a person's
-sentence over the reply 0.05-0.41 but for one, 0.58, whose next words then stopped it."""
+"""A burst over the reply is words only below this no-speech probability. Measured
+through the server and ``--mic`` in simulated rooms: what Whisper made of the echo's
+leftovers and then took for a person ("No, no, no.", "Yes, Mr.", "Let's go.", "Have a good
+time.") scored 0.48-0.61; a person's sentence over the reply 0.05-0.47 but for one, 0.58,
+whose next words then stopped it (0.45 was tried: it lost people at 0.46 and 0.47)."""
+TRUSTED_BURST_LOG_PROBABILITY = -1.5
+"""A long burst's words are made up below this mean token log probability, whatever
+Whisper's no-speech belief ("I'm going to go." out of the echo: -1.75 at 0.42; a person
+mangled by the canceller's suppressor: -0.4 to -1.2)."""
 
 FIRST_CHUNK_WAIT_S = 0.5
 """A model still short of a first chunk this long after its answer began (a slow engine,
@@ -77,6 +83,10 @@ class TurnRunner:
         went out: it leads the next turn's transcript, so no word is lost to the model
         (an utterance cut at ``vad.max_utterance_s`` while they go on talking, a decision
         the resume window could not undo)."""
+        self._last_heard = ""
+        """What was played of the last reply: speech begun in its echo tail is checked
+        against it (``barge_in.echo_tail_ms``)."""
+        self._burst_judge = BurstJudge.configured(config.barge_in)
 
     @property
     def instructions(self) -> str:
@@ -93,7 +103,7 @@ class TurnRunner:
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
         *, speculation: Speculation | None = None, playback: ReplyPlayback | None = None,
-        text: str = "",
+        text: str = "", after_reply: bool = False,
     ) -> TurnDone:
         """Run the turn; returns its terminal event (also when cancelled or failed).
 
@@ -102,7 +112,9 @@ class TurnRunner:
         cancelled if it never is). With ``playback`` the run ends once the reply has been
         played, and the conversation keeps only what was (cut at the last word played when
         the turn is cancelled midway: a barge-in). ``text``: a typed turn, answered without
-        ASR (``audio`` is not listened to)."""
+        ASR (``audio`` is not listened to). ``after_reply``: the utterance began in the echo
+        tail of the last reply; it ends ``backchannel``, unanswered, unless its words are the
+        person's (:meth:`BurstJudge.is_turn_after_reply`)."""
         turn = TurnState(turn_id, speculation.out if speculation else out, speculation=speculation,
                      chunker=self._chunker())
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
@@ -111,7 +123,7 @@ class TurnRunner:
             if text:
                 await self._run_text(turn, text)
             else:
-                await self._run(turn, audio)
+                await self._run(turn, audio, after_reply=after_reply)
             if speculation is not None:
                 await speculation.decided()
                 if speculation.endpoint_wait_ms is not None:  # it started before the decision
@@ -121,7 +133,9 @@ class TurnRunner:
                 await speculation.out.settled()
             if playback is not None:
                 await playback.finished()
-            if not turn.transcript:
+            if turn.dismissed:
+                status = "backchannel"
+            elif not turn.transcript:
                 status = "empty"
             elif turn.error is not None:
                 status = "error"
@@ -143,6 +157,8 @@ class TurnRunner:
         abandoned = speculation is not None and speculation.abandoned
         played = turn.audio_samples if playback is None else playback.played_samples()
         heard = heard_text(turn.spoken, played)
+        if played:
+            self._last_heard = heard
         if turn.transcript and not abandoned:  # an abandoned run leaves the carry-over be
             if status == "cancelled" and not played:
                 self._unanswered = turn.transcript  # never heard: carried into the next turn
@@ -154,7 +170,7 @@ class TurnRunner:
         return TurnDone(
             turn_id=turn_id,
             status=status,
-            transcript=turn.transcript,
+            transcript=turn.transcript or turn.dismissed,
             reply_text="".join(turn.reply).strip(),
             engine=turn.engine,
             audio_samples=turn.audio_samples,
@@ -163,13 +179,18 @@ class TurnRunner:
             heard_text=heard,
         )
 
-    async def _run(self, turn: TurnState, audio: Int16Array) -> None:
+    async def _run(self, turn: TurnState, audio: Int16Array, *, after_reply: bool) -> None:
         transcript = await self._transcribe(turn, audio)
         turn.mark("asr_ms")
         if turn.speculation is not None:
             turn.speculation.heard(transcript.text)
         if not any(ch.isalnum() for ch in transcript.text):
             transcript = Transcript("", transcript.language)
+        if after_reply and transcript.text and not self._persons_after_reply(transcript):
+            log.debug("turn %d: %r in the last reply's echo tail: not answered", turn.turn_id,
+                      transcript.text)
+            turn.dismissed = transcript.text
+            return
         await self._heard(turn, transcript.text)
         if not transcript.text:
             turn.transcript = ""  # nothing new: what was carried still waits for its answer
@@ -202,6 +223,11 @@ class TurnRunner:
         turn.transcript = f"{self._unanswered} {words}".strip()
         await turn.out.event(TranscriptEvent(turn_id=turn.turn_id, text=turn.transcript,
                                              asr_ms=turn.timings["asr_ms"]))
+
+    def _persons_after_reply(self, transcript: Transcript) -> bool:
+        """Whether words heard as the last reply ended are the person's, not its echo."""
+        return not transcript.doubtful and self._burst_judge.is_turn_after_reply(
+            transcript.text, self._last_heard)
 
     async def _run_text(self, turn: TurnState, text: str) -> None:
         """A typed turn: its words are the transcript (sent back like one); its emotion
@@ -246,19 +272,22 @@ class TurnRunner:
         """What is heard so far in an open utterance (``transcript_partial``)."""
         return (await self._recognize(audio)).text
 
-    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> str:
-        """The words of a burst of sound over the reply; "" when Whisper itself doubts there
+    async def hear_burst(self, audio: Int16Array, *, trust: bool = False) -> BurstWords:
+        """The words of a burst of sound over the reply; none when Whisper itself doubts there
         were any (it makes words up from a cough or from what is left of the echo). A long
-        burst (``trust``) keeps words of a low log probability (a person the canceller's
-        suppressor mangles), but not words Whisper thinks are no speech at all."""
+        burst (``trust``) keeps words of a lowish log probability (a person the canceller's
+        suppressor mangles), but not words Whisper thinks are no speech at all, nor words of
+        a very low one; a short one has words of a low log probability as ``doubted``."""
         transcript = await self._recognize(audio)
         log.debug("burst: %r (no speech %.2f, log probability %.2f)", transcript.text,
                   transcript.no_speech_probability, transcript.log_probability)
+        no_speech = transcript.no_speech_probability > TRUSTED_BURST_NO_SPEECH
         if trust:
-            made_up = transcript.no_speech_probability > TRUSTED_BURST_NO_SPEECH
-        else:
-            made_up = transcript.doubtful
-        return "" if made_up else transcript.text
+            made_up = no_speech or transcript.log_probability < TRUSTED_BURST_LOG_PROBABILITY
+            return BurstWords("" if made_up else transcript.text)
+        if not (no_speech or transcript.doubtful):
+            return BurstWords(transcript.text)
+        return BurstWords("", doubted="" if no_speech else transcript.text)
 
     async def judge_turn_end(self, audio: Int16Array,
                              speculation: Speculation | None = None) -> float:

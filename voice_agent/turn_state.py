@@ -32,6 +32,9 @@ class TurnState:
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     transcript: str = ""
+    dismissed: str = ""
+    """Words heard in the last reply's echo tail and judged not the person's: the turn ends
+    ``backchannel`` with them, unanswered, and sends no ``transcript``."""
     note: str = ""
     """The emotion tag, sent to the model as a system message right before the words."""
     rate_factor: float = 1.0

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voice_agent.audio.reference import EchoTimeline
+from voice_agent.audio.reference import EchoTimeline, InputGaps
 
 
 class _Model:
@@ -111,3 +111,49 @@ def test_bad_arguments_are_refused() -> None:
         EchoTimeline(0)
     with pytest.raises(ValueError):
         EchoTimeline(10).take(0, -1)
+
+
+# --- InputGaps: where a client stopped sending -------------------------------------------
+
+
+def stream(gaps: InputGaps, chunks: list[tuple[int, float]]) -> list[int]:
+    """``(samples, arrival time)`` pairs through ``gaps``; the gap reported for each."""
+    return [gaps.arrived(samples, at) for samples, at in chunks]
+
+
+@given(st.lists(st.floats(0.0, 0.2), min_size=1, max_size=200),
+       st.sampled_from([160, 320, 1024, 8000]))
+@settings(max_examples=60, deadline=None)
+def test_a_stream_in_real_time_with_jitter_has_no_gap(jitter: list[float], chunk: int) -> None:
+    gaps = InputGaps(16000, max_late_s=0.5)
+    times = [(i + 1) * chunk / 16000 + late for i, late in enumerate(jitter)]
+    assert stream(gaps, [(chunk, at) for at in times]) == [0] * len(times)
+
+
+def test_a_stream_a_little_slower_than_real_time_never_adds_up_to_a_gap() -> None:
+    gaps = InputGaps(16000, max_late_s=0.5)
+    # 20 ms of audio every 21 ms for two minutes: 6 s behind by the end.
+    assert not any(stream(gaps, [(320, i * 0.021) for i in range(6000)]))
+
+
+def test_silence_from_the_client_is_a_gap_of_its_length() -> None:
+    gaps = InputGaps(16000, max_late_s=0.5)
+    before = [(320, i * 0.02) for i in range(1, 51)]  # 1 s, on time
+    assert not any(stream(gaps, before))
+    # Nothing for 4 s (a reply played), then the next 20 ms.
+    assert gaps.arrived(320, 1.0 + 4.0 + 0.02) == 4 * 16000
+    assert gaps.arrived(320, 5.04) == 0  # and on time again
+
+
+def test_a_pause_after_a_file_sent_fast_is_still_seen() -> None:
+    gaps = InputGaps(16000, max_late_s=0.5)
+    gaps.arrived(320, 0.0)
+    gaps.arrived(16000 * 60, 0.1)  # a minute of audio in 100 ms
+    assert gaps.arrived(320, 10.0) > 8 * 16000
+
+
+def test_input_gaps_refuse_nonsense() -> None:
+    with pytest.raises(ValueError):
+        InputGaps(0, max_late_s=0.5)
+    with pytest.raises(ValueError):
+        InputGaps(16000, max_late_s=0)

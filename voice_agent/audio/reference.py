@@ -106,3 +106,43 @@ class EchoTimeline:
         at = start % size
         first = min(n, size - at)
         return np.concatenate([self._ring[at: at + first], self._ring[: n - first]])
+
+
+class InputGaps:
+    """Where a client stopped sending: audio that arrives later than real time allows.
+
+    A client on an open microphone streams all the time, so its input timeline keeps step
+    with the loudspeaker's. A half-duplex client (push-to-talk, a page that stops its
+    microphone while the reply plays, a script) sends nothing for the length of a reply, and
+    on the input timeline that reply would still be waiting to be cancelled out of the next
+    thing the person says. :meth:`arrived` tells how long the input was missing, so the
+    session moves the echo timeline past what played meanwhile.
+
+    Lateness below ``max_late_s`` is jitter (a network burst) and is let through; a slow
+    drift (a client a little under real time) is absorbed at half of it, so it never adds
+    up to a gap. Times are seconds of a monotonic clock, passed in."""
+
+    def __init__(self, rate: int, *, max_late_s: float) -> None:
+        if rate <= 0 or max_late_s <= 0:
+            raise ValueError("rate and max_late_s must be positive")
+        self.rate = rate
+        self.max_late_s = max_late_s
+        self._due: float | None = None
+        """When the last sample received would have been captured by a continuous stream."""
+
+    def arrived(self, samples: int, now: float) -> int:
+        """``samples`` (at ``rate``) arrived at ``now``; returns how many samples of real
+        time went by with no input before them (0 when the stream was continuous)."""
+        duration = samples / self.rate
+        if self._due is None:
+            self._due = now
+            return 0
+        late = now - duration - self._due
+        if late > self.max_late_s:
+            self._due = now
+            return round(late * self.rate)
+        # Ahead of real time (a file sent fast) is held to the jitter allowance, so a pause
+        # after it is still seen; a little behind is drift, absorbed.
+        self._due = min(max(self._due + duration, now - self.max_late_s / 2),
+                        now + self.max_late_s)
+        return 0

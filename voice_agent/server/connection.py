@@ -23,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from voice_agent.aio import wait_within
 from voice_agent.appliance import Appliance, SessionOptions
-from voice_agent.audio.pcm import bytes_to_int16, check_rate
+from voice_agent.audio.pcm import PIPELINE_RATE, bytes_to_int16, check_rate
+from voice_agent.audio.reference import InputGaps
 from voice_agent.driver import SessionDriver
 from voice_agent.errors import ClientGone, ProtocolError, VoiceAgentError
 from voice_agent.server.access import AccessPolicy, Credential, request_credential
@@ -199,6 +200,8 @@ class Connection:
         clock = asyncio.get_running_loop().time
         turns = TurnRate(limits.turns_per_minute)
         pacer = InputPacer(limits.max_input_speed, limits.input_burst_s, clock())
+        gap_s = config.playback.input_gap_ms / 1000
+        gaps = InputGaps(PIPELINE_RATE, max_late_s=gap_s) if gap_s > 0 else None
         timer = SessionTimer(limits.idle_timeout_s, limits.max_session_s, clock())
         options = SessionOptions(input_rate=start.sample_rate, output_rate=output_rate,
                                  reasoning=start.reasoning, turn_detection=start.turn_detection,
@@ -231,6 +234,10 @@ class Connection:
                         if not pacer.admit(len(inbound) / 2 / start.sample_rate, clock()):
                             session.drop(inbound, "too_fast")  # its DSP would starve others
                             continue
+                        if gaps is not None:
+                            session.input_paused(gaps.arrived(
+                                len(inbound) // 2 * PIPELINE_RATE // start.sample_rate,
+                                clock()))
                         await self._audio(session, driver, inbound, start.sample_rate)
                     elif isinstance(inbound, Reply):
                         async with self._send_lock:

@@ -232,7 +232,9 @@ class TurnDone:
     type: ClassVar[str] = "turn_done"
     turn_id: int
     status: str
-    """``ok``, ``empty`` (nothing intelligible heard), ``cancelled`` or ``error``."""
+    """``ok``, ``empty`` (nothing intelligible heard), ``cancelled``, ``error`` or
+    ``backchannel`` (a burst over the reply, or speech in its echo tail, that was no turn:
+    its words are in ``transcript``)."""
     transcript: str
     reply_text: str
     engine: str
