@@ -197,6 +197,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from voice_agent.bench_turns import run_turns_bench
 
         return asyncio.run(run_turns_bench(config, quick=args.quick, json_path=args.json))
+    if args.emotion:
+        from voice_agent.bench_emotion import run_emotion_bench
+
+        return asyncio.run(run_emotion_bench(config, quick=args.quick, json_path=args.json))
     if args.people:
         from voice_agent.bench_people import run_people_bench
 
@@ -318,8 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo", action="store_true",
                    help="instead: its own echo, barge-in and false interruptions in a simulated "
                         "room (real-time clients, the default config)")
+    p.add_argument("--emotion", action="store_true",
+                   help="instead: how the emotion tag follows the voice, on the acted clips of "
+                        "../shared/audio/emotion (each speaker's clips as one conversation)")
     p.add_argument("--quick", action="store_true",
-                   help="a small subset (--turn-taking, --echo)")
+                   help="a small subset (--turn-taking, --echo, --emotion)")
     llm_option(p)
     p.set_defaults(func=cmd_bench)
 

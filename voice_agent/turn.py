@@ -348,8 +348,8 @@ class TurnRunner:
             # Rounded as the wire reports it, so the rate told is the rate spoken.
             turn.rate_factor = round(reply_length_scale(tag), 3)
         fields = tag.as_dict()  # rounded for the wire
-        cues = fields.pop("prosody")
-        await turn.out.event(EmotionEvent(turn_id=turn.turn_id, cues=cues, **fields,
+        measured = fields.pop("prosody")
+        await turn.out.event(EmotionEvent(turn_id=turn.turn_id, cues=measured, **fields,
                                           length_scale=turn.rate_factor))
         return tag_note(tag) if config.tag_prompt else ""
 

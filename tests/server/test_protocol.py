@@ -72,7 +72,11 @@ SAMPLES: dict[type[Any], list[Any]] = {
                    EmotionEvent(turn_id=4, label="sad", valence=-0.5, arousal=0.3,
                                 confidence=0.4, fillers=2, sentiment=-0.55,
                                 cues={"pitch_hz": 181.5, "speaking_rate_wps": 2.4},
-                                length_scale=1.07)],
+                                length_scale=1.07),
+                   EmotionEvent(turn_id=5, label="angry", valence=0.0, arousal=0.8,
+                                confidence=0.7, decided_by="voice", baseline_turns=4,
+                                basis={"loudness": {"value": -30.5, "baseline": -41.0,
+                                                    "score": 2.1, "weight": 0.9}})],
     ReasoningText: [ReasoningText(turn_id=3, delta="The user greets me.", seq=5)],
     TurnDone: [
         TurnDone(turn_id=3, status="ok", transcript="hello", reply_text="Hi there.",

@@ -203,7 +203,15 @@ class EmotionEvent:
     """VADER compound score of the words, -1 .. 1."""
     cues: dict[str, float] = field(default_factory=dict)
     """Acoustic cues: ``pitch_hz``, ``pitch_range_semitones``, ``loudness_dbfs``,
-    ``speaking_rate_wps``, ``pause_ratio``, ``voiced_ratio``, ``speech_s``."""
+    ``speaking_rate_wps``, ``pause_ratio``, ``voiced_ratio``, ``speech_s``, ``tilt_db``."""
+    basis: dict[str, dict[str, float]] = field(default_factory=dict)
+    """What the arousal rests on: per cue (``loudness``, ``pitch``, ``pitch_range``,
+    ``tilt``, ``rate``, ``text``) its ``value``, the speaker's ``baseline``, the ``score``
+    (units over the baseline) and its ``weight``."""
+    decided_by: str = ""
+    """What decided the label: ``words``, ``fillers`` or ``voice``."""
+    baseline_turns: int = 0
+    """How many of the speaker's earlier turns the baseline rests on (0: typical values)."""
     length_scale: float = 1.0
     """Speaking-rate factor the reply is spoken with because of this tag (>1 slower)."""
     seq: int = 0
@@ -366,6 +374,12 @@ SERVER_TYPES: dict[str, type[Any]] = {
               TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
+def _numbers_by_name(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
+        for k, x in v.items())
+
+
 _CHECKS: dict[str, Any] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
@@ -374,9 +388,9 @@ _CHECKS: dict[str, Any] = {
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "str | None": lambda v: v is None or isinstance(v, str),
     "bool | None": lambda v: v is None or isinstance(v, bool),
-    "dict[str, float]": lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
-        for k, x in v.items()),
+    "dict[str, float]": _numbers_by_name,
+    "dict[str, dict[str, float]]": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and _numbers_by_name(x) for k, x in v.items()),
     "dict[str, str]": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
     "dict[str, int]": lambda v: isinstance(v, dict) and all(
