@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.voices import espeak, needs_espeak, real_sentence, scaled, tone
+from tests.voices import espeak, needs_espeak, raised, real_sentence, scaled, tone
 from voice_agent import emotion as emotion_module
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.emotion import (
@@ -136,3 +136,60 @@ def test_warm_up_loads_the_lexicon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(emotion_module, "_analyzer", None)
     warm_up()
     assert emotion_module._analyzer is not None
+
+
+NEUTRAL_WORDS = "The bus leaves from the corner at nine."
+
+
+def said(sentence: Int16Array, *, semitones: float = 0.0, gain_db: float = 0.0,
+         bright: bool = False) -> Int16Array:
+    """The sentence in a speaker's usual voice (-38 dBFS), or higher, louder, brighter."""
+    return raised(sentence, semitones=semitones, level_dbfs=-38 + gain_db, bright=bright)
+
+
+@pytest.fixture
+def known_speaker(sentence: Int16Array) -> EmotionTracker:
+    """A speaker heard saying neutral words five times in their usual voice (-38 dBFS)."""
+    tracker = EmotionTracker()
+    for _ in range(5):
+        analyze(said(sentence), NEUTRAL_WORDS, tracker=tracker)
+    return tracker
+
+
+def test_the_voice_decides_when_the_words_are_neutral(sentence: Int16Array,
+                                                      known_speaker: EmotionTracker) -> None:
+    usual = analyze(said(sentence), NEUTRAL_WORDS, tracker=known_speaker)
+    assert (usual.label, usual.decided_by) == ("neutral", "voice")
+    assert usual.arousal == pytest.approx(0.5, abs=0.1)
+    shouted = analyze(said(sentence, semitones=4, gain_db=12, bright=True), NEUTRAL_WORDS,
+                      tracker=known_speaker)
+    assert (shouted.label, shouted.decided_by) == ("angry", "voice"), shouted.cues
+    assert shouted.arousal > 0.75 and reply_length_scale(shouted) > 1.05
+    lively = analyze(said(sentence, semitones=4, gain_db=4), NEUTRAL_WORDS,
+                     tracker=known_speaker)
+    assert lively.label == "excited" and reply_length_scale(lively) < 1.0, lively.cues
+    subdued = analyze(said(sentence, semitones=3, gain_db=-10), NEUTRAL_WORDS,
+                      tracker=known_speaker)
+    assert subdued.label == "sad" and subdued.arousal < 0.5, subdued.cues
+    assert reply_length_scale(subdued) > 1.05
+
+
+def test_clear_words_still_decide(sentence: Int16Array, known_speaker: EmotionTracker) -> None:
+    thanks = "This is wonderful, thank you so much!"
+    shouted = analyze(said(sentence, semitones=4, gain_db=12, bright=True), thanks,
+                      tracker=known_speaker)
+    assert (shouted.label, shouted.decided_by) == ("excited", "words")
+
+
+def test_the_tag_shows_each_cue_against_the_baseline(sentence: Int16Array,
+                                                     known_speaker: EmotionTracker) -> None:
+    tag = analyze(said(sentence, gain_db=10), NEUTRAL_WORDS, tracker=known_speaker)
+    basis = tag.as_dict()["basis"]
+    assert {"loudness", "pitch", "pitch_range", "tilt", "rate", "text"} <= basis.keys()
+    loudness = basis["loudness"]
+    assert loudness["value"] == pytest.approx(-28.0, abs=0.5)
+    # Five turns at -38 dBFS against two turns' worth of the typical -26.
+    assert loudness["baseline"] == pytest.approx(-26.0 + 5 / 7 * (-38.0 + 26.0), abs=0.5)
+    assert loudness["score"] == pytest.approx((loudness["value"] - loudness["baseline"]) / 5,
+                                              abs=0.01)
+    assert tag.baseline_turns == 5 and tag.as_dict()["decided_by"] == "voice"

@@ -122,3 +122,26 @@ def test_real_speakers_differ_and_lj_is_female() -> None:
     assert median("spk1_*") > 1.25 * median("spk2_*")
     assert 170 <= median("LJ*") <= 260
 
+
+
+def brighter(audio: Int16Array) -> Int16Array:
+    """Pre-emphasis (y[n] = x[n] - 0.9 x[n-1]): +6 dB per octave up high, as a pressed voice."""
+    x = audio.astype(np.float64)
+    y = np.concatenate([x[:1], x[1:] - 0.9 * x[:-1]])
+    return np.asarray(np.clip(np.round(y), -32768, 32767), dtype=np.int16)
+
+
+def test_tilt_does_not_move_with_the_level_and_rises_with_brightness(sentence: Int16Array
+                                                                      ) -> None:
+    plain = prosody(sentence)
+    assert prosody(scaled(sentence, 0.25)).tilt_db == pytest.approx(plain.tilt_db, abs=0.3)
+    assert prosody(brighter(sentence)).tilt_db > plain.tilt_db + 6.0
+
+
+def test_tilt_of_tones() -> None:
+    # A 200 Hz sine has nothing above 1 kHz; a sawtooth's harmonic k has power 1/k^2:
+    # 1-4 kHz is harmonics 5-19, 0.1-1 kHz harmonics 1-4.
+    harmonic = np.arange(1, 20)
+    expected = 10 * np.log10((1 / harmonic[4:] ** 2).sum() / (1 / harmonic[:4] ** 2).sum())
+    assert prosody(tone(200.0)).tilt_db < -40.0
+    assert prosody(tone(200.0, saw=True)).tilt_db == pytest.approx(expected, abs=0.5)

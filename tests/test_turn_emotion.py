@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import harvard_clips, make_config
 from tests.fakes import Recorder, ScriptedLlm
+from tests.voices import raised
 from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
 from voice_agent.emotion import LABELS, EmotionTag
 from voice_agent.engines import Engines
@@ -247,3 +248,30 @@ async def test_the_embedded_model_never_discusses_the_tag(engines: Engines) -> N
         assert done.status == "ok", done
         replies.append(done.reply_text)
     assert not [r for r in replies if TAG_TALK.search(r)], replies
+
+
+async def test_a_shouted_neutral_question_is_answered_calmly_and_slower(engines: Engines
+                                                                       ) -> None:
+    """The words are neutral; the voice is not: after two turns in the speaker's usual
+    voice, the same kind of question shouted (higher, 16 dB louder, pressed) is tagged
+    ``angry`` by the voice, and the reply's wording and pace change with it."""
+    llm = ScriptedLlm([REPLY] * 3)
+    runner = scripted_runner(engines, llm)
+    usual = [raised(spoken(engines, text, 1.0), level_dbfs=-36)
+             for text in ("What time does the pharmacy open?", "Where is the car park?")]
+    for turn_id, audio in enumerate(usual, 1):
+        calm_out = Recorder()
+        await runner.run(turn_id, audio, 450, calm_out)
+        calm = next(e for e in calm_out.events if isinstance(e, EmotionEvent))
+        assert calm.label == "neutral", calm
+    shouted = raised(spoken(engines, "Where is my car?", 1.0), semitones=4, level_dbfs=-20,
+                     bright=True)
+    out = Recorder()
+    done = await runner.run(3, shouted, 450, out)
+    tag = next(e for e in out.events if isinstance(e, EmotionEvent))
+    assert (tag.label, tag.decided_by, tag.baseline_turns) == ("angry", "voice", 2), tag.basis
+    assert tag.basis["loudness"]["score"] > 1.5 and tag.length_scale > 1.05
+    assert llm.prompts[2][-2].content == "[tone: angry]"  # right before the words
+    assert isinstance(runner._engines.tts, RateRecordingTts)
+    assert runner._engines.tts.rates[-1] == tag.length_scale
+    assert done.status == "ok"

@@ -46,3 +46,22 @@ def real_sentence() -> Int16Array:
     """A real spoken sentence: a human one when ../shared is here, else a project fixture."""
     path = SPEECH / "spk2_snt1.wav"
     return read_audio(path if path.is_file() else REPO / "fixtures" / "utt01.wav")[0]
+
+
+def raised(audio: Int16Array, *, semitones: float = 0.0, level_dbfs: float | None = None,
+           bright: bool = False) -> Int16Array:
+    """``audio`` said higher (played faster by ``semitones``), brighter (pre-emphasis: +6 dB
+    an octave up high, as a pressed voice has) and at ``level_dbfs``."""
+    from voice_agent.prosody import prosody
+
+    if semitones:
+        step = 2 ** (semitones / 12)
+        n = int(audio.size / step)
+        audio = np.interp(np.arange(n) * step, np.arange(audio.size), audio).astype(np.int16)
+    if bright:
+        x = audio.astype(np.float64)
+        emphasized = np.concatenate([x[:1], x[1:] - 0.9 * x[:-1]]) * 2.0
+        audio = np.asarray(np.clip(np.round(emphasized), -32768, 32767), dtype=np.int16)
+    if level_dbfs is not None:
+        audio = scaled(audio, 10 ** ((level_dbfs - prosody(audio).loudness_dbfs) / 20))
+    return audio

@@ -123,7 +123,9 @@ class EmotionTracker:
         own_pitch, pitched = own("pitch_st")
         typical_pitch = typical.pitch_hz or typical_pitch_hz(
             _hertz(own_pitch) if pitched else pitch_hz)
-        pitch = _hertz(blend("pitch_st", _semitones(typical_pitch))) if typical_pitch else 0.0
+        pitch = typical_pitch
+        if pitched and typical_pitch:
+            pitch = _hertz(blend("pitch_st", _semitones(typical_pitch)))
         n = len(turns)
         return Reference(
             loudness_dbfs=blend("loudness_dbfs", typical.loudness_dbfs),
