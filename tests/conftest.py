@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.voices import real_sentence
+from voice_agent.audio.pcm import Int16Array
 from voice_agent.bench import Clip, load_clips, shared_audio_dir
 from voice_agent.config import Config, load_config
 from voice_agent.engines import Engines, load_engines
@@ -67,3 +69,9 @@ def speech_clips() -> list[Clip]:
 
 def harvard_clips() -> list[Clip]:
     return [c for c in speech_clips() if c.path.name.startswith("spk")] or fixture_clips()
+
+
+@pytest.fixture(scope="module")
+def sentence() -> Int16Array:
+    """A real spoken sentence (see ``tests.voices.real_sentence``)."""
+    return real_sentence()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.voices import espeak, needs_espeak, raised, real_sentence, scaled, tone
+from tests.voices import espeak, needs_espeak, raised, scaled, tone
 from voice_agent import emotion as emotion_module
 from voice_agent.audio.pcm import Int16Array
 from voice_agent.emotion import (
@@ -25,11 +25,6 @@ from voice_agent.emotion import (
     warm_up,
 )
 from voice_agent.prosody import prosody
-
-
-@pytest.fixture(scope="module")
-def sentence() -> Int16Array:
-    return real_sentence()
 
 
 def test_fillers() -> None:

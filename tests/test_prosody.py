@@ -16,7 +16,6 @@ from tests.voices import (
     espeak,
     needs_espeak,
     needs_shared,
-    real_sentence,
     scaled,
     tone,
 )
@@ -24,11 +23,6 @@ from voice_agent.asr import Word
 from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.emotion import analyze
 from voice_agent.prosody import SILENCE_DBFS, prosody
-
-
-@pytest.fixture(scope="module")
-def sentence() -> Int16Array:
-    return real_sentence()
 
 
 @pytest.mark.parametrize("saw", [False, True], ids=["sine", "sawtooth"])

@@ -433,8 +433,9 @@ class TtsConfig:
 @dataclass
 class EmotionConfig:
     enabled: bool = True
-    """Derive how the person sounds from each utterance (prosody, fillers, word sentiment;
-    about 10 ms per turn) and send it as an ``emotion`` event."""
+    """Derive how the person sounds from each utterance (the voice against the speaker's own
+    baseline, fillers, word sentiment; about 4 ms per turn) and send it as an ``emotion``
+    event."""
     tag_prompt: bool = True
     """Send the tag to the LLM as a note right before the user's words, with rules in the
     system prompt for how to word the answer (calmer for an upset speaker); format and
