@@ -24,7 +24,8 @@ its wording (:data:`WORDING`) or pace (:func:`reply_length_scale`). Decided in t
    ``happy`` (positive);
 2. *fillers*: ``hesitant`` for 2+ fillers, fillers 15%+ of the words, or pauses filling 35%+
    of the speech while the rate is under 70% of the reference;
-3. *voice*, when the words are neutral: an aroused voice (arousal over 0.5) is ``angry``
+3. *voice*, when the words are neutral: an aroused voice (arousal at least
+   :data:`VOICE_AROUSED`, 0.6) is ``angry``
    when it is also tense, loud (:data:`TENSE_LOUDNESS`) and bright (:data:`TENSE_TILT`:
    a pressed voice), else ``excited``; a calm one is ``sad`` when its pitch is raised well
    beyond its loudness (:data:`SUBDUED_PITCH_OVER_LOUDNESS`: the strained, quiet voice of
@@ -84,6 +85,10 @@ baseline and 0.5 tilt units (1.5 dB) brighter: pressed phonation, not just livel
 SUBDUED_PITCH_OVER_LOUDNESS = 1.5
 """A calm voice is subdued (``sad``) when its pitch score exceeds its loudness score by
 this much: raised pitch with no more breath behind it."""
+VOICE_AROUSED = 0.6
+"""The voice alone changes the reply's wording only when clearly aroused (as positive words
+need to be ``excited``): the arousal number still shows a lean below it, but a loud
+microphone or a lively reader should not be answered as an agitated person."""
 KNOWN_LEVEL_TURNS = 3
 """Turns after which the speaker's own level is known well enough to hold pitch to it."""
 _FILLERS_EN = re.compile(r"\b(?:u+m+|u+h+|e+r+m*|h+m+|m{2,})\b(?!-)", re.IGNORECASE)
@@ -236,7 +241,7 @@ def _label(valence: float, arousal: float, cues: dict[str, Cue], n_fillers: int,
     if n_fillers >= 2 or (n_fillers and n_fillers >= 0.15 * n_words) or (
             p.pause_ratio >= 0.35 and slow):
         return "hesitant", "fillers"
-    if arousal > 0.5:
+    if arousal >= VOICE_AROUSED:
         tense = loudness >= TENSE_LOUDNESS and _score(cues, "tilt") >= TENSE_TILT
         return ("angry" if tense else "excited"), "voice"
     pitch = cues.get("pitch")
