@@ -374,6 +374,7 @@ SERVER_TYPES: dict[str, type[Any]] = {
               TurnDone, ErrorEvent, Pong, SessionEnd)
 }
 
+
 def _numbers_by_name(v: Any) -> bool:
     return isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool)
