@@ -1,5 +1,6 @@
-"""Emotion tags on audio whose properties are known: espeak-ng angry and calm, one sentence
-said louder and brighter, tones, and the acted clips of ../shared/audio/emotion."""
+"""Emotion tags on audio whose properties are known: espeak-ng angry and calm, one real
+sentence said higher, louder, brighter or quieter, and tones (the acted clips of
+../shared/audio/emotion are in test_bench_emotion.py)."""
 
 from __future__ import annotations
 
