@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.voices import (
     RATE,
@@ -139,3 +141,21 @@ def test_tilt_of_tones() -> None:
     expected = 10 * np.log10((1 / harmonic[4:] ** 2).sum() / (1 / harmonic[:4] ** 2).sum())
     assert prosody(tone(200.0)).tilt_db < -40.0
     assert prosody(tone(200.0, saw=True)).tilt_db == pytest.approx(expected, abs=0.5)
+
+
+@given(seconds=st.floats(0.0, 2.0), gain=st.floats(0.05, 1.0), seed=st.integers(0, 2**16),
+       rate=st.sampled_from([8000, 16000, 24000]))
+@settings(max_examples=40, deadline=None)
+def test_tilt_of_any_length_is_finite_and_ignores_the_gain(seconds: float, gain: float,
+                                                           seed: int, rate: int) -> None:
+    rng = np.random.default_rng(seed)
+    # Noise shaped to fall off with frequency, a little like a voice.
+    noise = np.cumsum(rng.normal(0, 1, int(seconds * rate)))
+    if noise.size >= 32:
+        noise -= np.convolve(noise, np.ones(32) / 32, mode="same")
+    peak = np.abs(noise).max(initial=0.0) + 1e-9
+    audio = np.asarray(np.round(noise / peak * 20000), dtype=np.int16)
+    full, quiet = prosody(audio, rate=rate), prosody(scaled(audio, gain), rate=rate)
+    assert math.isfinite(full.tilt_db) and math.isfinite(quiet.tilt_db)
+    if full.speech_s > 0.1 and quiet.speech_s == full.speech_s:
+        assert quiet.tilt_db == pytest.approx(full.tilt_db, abs=0.5)

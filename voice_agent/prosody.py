@@ -60,7 +60,7 @@ class Prosody:
     """Spectral tilt: power in 1-4 kHz over 0.1-1 kHz, in dB, over the active frames.
     Vocal effort raises it (a pressed, shouting voice has strong harmonics up high; a
     relaxed one falls off steeply), and unlike loudness it does not move with the
-    microphone's gain or distance."""
+    microphone's gain."""
 
 
 def _f0_frames(x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
