@@ -25,7 +25,7 @@ its wording (:data:`WORDING`) or pace (:func:`reply_length_scale`). Decided in t
 2. *fillers*: ``hesitant`` for 2+ fillers, fillers 15%+ of the words, or pauses filling 35%+
    of the speech while the rate is under 70% of the reference;
 3. *voice*, when the words are neutral: an aroused voice (arousal at least
-   :data:`VOICE_AROUSED`, 0.6) is ``angry``
+   :data:`VOICE_AROUSED`, 0.6; 0.7 on a first turn) is ``angry``
    when it is also tense, loud (:data:`TENSE_LOUDNESS`) and bright (:data:`TENSE_TILT`:
    a pressed voice), else ``excited``; a calm one is ``sad`` when its pitch is raised well
    beyond its loudness (:data:`SUBDUED_PITCH_OVER_LOUDNESS`: the strained, quiet voice of
@@ -85,10 +85,12 @@ baseline and 0.5 tilt units (1.5 dB) brighter: pressed phonation, not just livel
 SUBDUED_PITCH_OVER_LOUDNESS = 1.5
 """A calm voice is subdued (``sad``) when its pitch score exceeds its loudness score by
 this much: raised pitch with no more breath behind it."""
-VOICE_AROUSED = 0.6
+VOICE_AROUSED, UNKNOWN_VOICE_AROUSED = 0.6, 0.7
 """The voice alone changes the reply's wording only when clearly aroused (as positive words
 need to be ``excited``): the arousal number still shows a lean below it, but a loud
-microphone or a lively reader should not be answered as an agitated person."""
+microphone or a lively reader should not be answered as an agitated person. Against
+typical values alone (a first turn) the bar is the second, lowered to the first as the
+speaker's own baseline takes over."""
 KNOWN_LEVEL_TURNS = 3
 """Turns after which the speaker's own level is known well enough to hold pitch to it."""
 _FILLERS_EN = re.compile(r"\b(?:u+m+|u+h+|e+r+m*|h+m+|m{2,})\b(?!-)", re.IGNORECASE)
@@ -228,7 +230,7 @@ def _score(cues: dict[str, Cue], name: str) -> float:
 
 
 def _label(valence: float, arousal: float, cues: dict[str, Cue], n_fillers: int, n_words: int,
-           p: Prosody, slow: bool) -> tuple[str, str]:
+           p: Prosody, slow: bool, own_weight: float) -> tuple[str, str]:
     """(label, what decided it); see the module docstring."""
     loudness = _score(cues, "loudness")
     if valence <= -CLEAR_SENTIMENT:
@@ -241,7 +243,7 @@ def _label(valence: float, arousal: float, cues: dict[str, Cue], n_fillers: int,
     if n_fillers >= 2 or (n_fillers and n_fillers >= 0.15 * n_words) or (
             p.pause_ratio >= 0.35 and slow):
         return "hesitant", "fillers"
-    if arousal >= VOICE_AROUSED:
+    if arousal >= UNKNOWN_VOICE_AROUSED + (VOICE_AROUSED - UNKNOWN_VOICE_AROUSED) * own_weight:
         tense = loudness >= TENSE_LOUDNESS and _score(cues, "tilt") >= TENSE_TILT
         return ("angry" if tense else "excited"), "voice"
     pitch = cues.get("pitch")
@@ -284,7 +286,8 @@ def analyze(audio: Int16Array, transcript_text: str, *, language: str = "en",
     readable = 1.0 if re.search(r"[A-Za-z]", transcript_text) else 0.7
     confidence = (0.25 + 0.75 * amount) * agreement * readable
     slow = 0 < measured.speaking_rate_wps < 0.7 * ref.speaking_rate_wps
-    label, decided_by = _label(valence, arousal, cues, n_fillers, n_words, measured, slow)
+    label, decided_by = _label(valence, arousal, cues, n_fillers, n_words, measured, slow,
+                               ref.own_weight)
     return EmotionTag(label=label, valence=max(-1.0, min(1.0, valence)), arousal=arousal,
                       confidence=max(0.0, min(1.0, confidence)), prosody=measured,
                       fillers=n_fillers, sentiment=sent, cues=cues, decided_by=decided_by,
