@@ -212,16 +212,21 @@ def arousal_cues(p: Prosody, ref: Reference, text: str = "", sent: float = 0.0, 
         cues["rate"] = cue("rate", p.speaking_rate_wps, ref.speaking_rate_wps,
                            unit_scale=rate_unit)
     if p.pitch_hz > 0 and ref.pitch_hz > 0:
-        pitch = cue("pitch", p.pitch_hz, ref.pitch_hz)
-        score = 12 * math.log2(p.pitch_hz / ref.pitch_hz) / CUES["pitch"][0]
+        score = _pitch_rise(p.pitch_hz, ref.pitch_hz)
         if ref.turns >= KNOWN_LEVEL_TURNS and "loudness" in cues:
             score = min(score, max(0.0, cues["loudness"].score + 1.0))
-        cues["pitch"] = replace(pitch, score=max(-3.0, min(3.0, score)))
+        cues["pitch"] = Cue(p.pitch_hz, ref.pitch_hz, max(-3.0, min(3.0, score)),
+                            CUES["pitch"][1])
         cues["pitch_range"] = cue("pitch_range", p.pitch_range_semitones,
                                   ref.pitch_range_semitones)
     intensity = min(1.5, 0.75 * text.count("!")) + 2.0 * max(0.0, abs(sent) - 0.5)
     cues["text"] = cue("text", intensity, 0.0)
     return cues
+
+
+def _pitch_rise(pitch_hz: float, baseline_hz: float) -> float:
+    """Pitch over its baseline in pitch units (semitones / unit), unclipped."""
+    return 12 * math.log2(pitch_hz / baseline_hz) / CUES["pitch"][0]
 
 
 def _score(cues: dict[str, Cue], name: str) -> float:
@@ -248,7 +253,7 @@ def _label(valence: float, arousal: float, cues: dict[str, Cue], n_fillers: int,
         return ("angry" if tense else "excited"), "voice"
     pitch = cues.get("pitch")
     # The pitch as measured: the arousal's pitch score is held to the loudness.
-    raised = 12 * math.log2(pitch.value / pitch.baseline) / CUES["pitch"][0] if pitch else 0.0
+    raised = _pitch_rise(pitch.value, pitch.baseline) if pitch else 0.0
     subdued = raised - loudness >= SUBDUED_PITCH_OVER_LOUDNESS
     return ("sad" if subdued else "neutral"), "voice"
 
