@@ -275,3 +275,31 @@ async def test_a_shouted_neutral_question_is_answered_calmly_and_slower(engines:
     assert isinstance(runner._engines.tts, RateRecordingTts)
     assert runner._engines.tts.rates[-1] == tag.length_scale
     assert done.status == "ok"
+
+
+async def test_a_tagged_first_sentence_longer_than_the_limit_is_heard_as_untagged(
+    engines: Engines,
+) -> None:
+    """A small model may run its first sentence past ``llm.max_tokens``. Untagged, its first
+    chunk is spoken before the cut; tagged, that chunk is held to judge it with its sentence,
+    and the cut must not drop it: the same words are heard, with no apology."""
+    run_on = ["As", " an", " example", " of", " fine", " typography", " the", " printers",
+              " of", " that", " age", " used", " many", " kinds", " of", " type", " and",
+              " the", " pages", " they", " made", " were", " often", " very", " beautiful"]
+    audio = spoken(engines, "I am furious, when does the pharmacy open?", gain=2.0)
+    replies = {}
+    for tagged in (True, False):
+        config = make_config(llm={"max_tokens": 12}, emotion={"tag_prompt": tagged})
+        llm = ScriptedLlm(run_on)
+        runner = TurnRunner(replace(engines, llm=LlmChain([llm], config.llm)), config,
+                            output_rate=16000)
+        out = Recorder()
+        done = await runner.run(1, audio, 450, out)
+        assert (done.status, done.fallbacks) == ("ok", {}), done
+        assert not any(isinstance(e, ErrorEvent) for e in out.events)
+        assert bool(TAG_LINE.match(llm.prompts[0][-2].content)) == tagged
+        assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
+        assert done.audio_samples > 8000
+        replies[tagged] = done.reply_text
+    assert replies[True] == replies[False] != ""
+    assert replies[True].startswith("As an example")

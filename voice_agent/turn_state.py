@@ -111,15 +111,22 @@ class TurnState:
         """Whatever the chunker still holds, as sentences."""
         for sentence in self.chunker.finish():
             await self.queue_answer(sentence)
-        rest, self.held_fragment = self.held_fragment, ""
-        if rest and not mentions_tag(rest):  # the answer ended inside that sentence
-            await self._queue_answer_chunk(rest)
+        await self._queue_held()
 
     async def queue_complete(self) -> None:
-        """After a cut-off answer: what the chunker holds, only if it ends a sentence."""
+        """After a cut-off answer: what the chunker holds, only if it ends a sentence; and
+        the held chunks of a tagged turn, which an untagged turn would already have spoken
+        (a model whose first sentence outruns ``llm.max_tokens`` is then heard, as it is
+        without a tag, instead of apologising for an answer it gave)."""
         sentences, _dropped = self.chunker.finish_complete()
         for sentence in sentences:
             await self.queue_answer(sentence)
+        await self._queue_held()
+
+    async def _queue_held(self) -> None:
+        rest, self.held_fragment = self.held_fragment, ""
+        if rest and not mentions_tag(rest):  # the answer ended inside that sentence
+            await self._queue_answer_chunk(rest)
 
 
 async def until_truncated(pieces: AsyncIterator[str], seen: list[EngineTruncated]
