@@ -7,9 +7,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from voice_agent.audio.pcm import Int16Array
 from voice_agent.errors import EngineError
 from voice_agent.llm.base import ChatMessage
 from voice_agent.server.protocol import ServerEvent
+from voice_agent.tts.base import TtsEngine
 
 
 class Recorder:
@@ -63,3 +65,18 @@ class ScriptedLlm:
         if self.then == "hang":
             cancel.wait(30)
             self.stopped.set()
+
+
+class RateRecordingTts:
+    """The real Piper voice, noting the speaking-rate factor of every sentence (a recorder,
+    not a stand-in: it speaks with the engine it is given)."""
+
+    def __init__(self, tts: TtsEngine) -> None:
+        self.tts, self.sample_rate = tts, tts.sample_rate
+        self.rates: list[float] = []
+
+    def synthesize(
+        self, text: str, cancel: threading.Event, *, rate_factor: float = 1.0
+    ) -> Iterator[Int16Array]:
+        self.rates.append(rate_factor)
+        return self.tts.synthesize(text, cancel, rate_factor=rate_factor)

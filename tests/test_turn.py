@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import harvard_clips, make_config
-from tests.fakes import Recorder, ScriptedLlm
+from tests.fakes import RateRecordingTts, Recorder, ScriptedLlm
 from tests.llm.test_openai_http import DONE, FaultServer, Script, event, streams
 from tests.test_asr import piper
 from voice_agent.audio.pcm import read_audio
@@ -312,3 +312,40 @@ async def test_the_replys_own_end_heard_after_it_is_not_answered_and_a_question_
     asked = await runner.run(3, read_audio(question.path)[0], 450, Recorder(), after_reply=True)
     assert asked.status == "ok" and asked.reply_text, asked
     assert question.reference.split()[-1].lower().strip(".") in asked.transcript.lower()
+
+
+async def test_a_text_only_turn_synthesizes_nothing_and_remembers_its_reply(
+    engines: Engines,
+) -> None:
+    """``voiced=False`` (Wyoming's conversation agent, whose client speaks the text itself):
+    the reply comes as text only, no time goes to speech nobody hears, and the conversation
+    keeps the whole reply, as it does for a reply that was heard."""
+    tts = RateRecordingTts(engines.tts)
+    config = make_config()
+    llm = ScriptedLlm(["Dogs are loyal", " friends. They", " love long walks."])
+    runner = TurnRunner(replace(engines, llm=LlmChain([llm], config.llm), tts=tts), config,
+                        output_rate=16000)
+    out = Recorder()
+    done = await runner.run(1, np.zeros(0, np.int16), 0, out, text="Tell me about dogs.",
+                            voiced=False)
+    assert (done.status, done.audio_samples, bytes(out.pcm), tts.rates) == ("ok", 0, b"", [])
+    assert done.reply_text == "Dogs are loyal friends. They love long walks."
+    assert "".join(e.delta for e in out.events if isinstance(e, ReplyText)) == done.reply_text
+    assert done.heard_text == done.reply_text
+    remembered = runner.conversation.messages("And cats?")
+    assert [(m.role, m.content) for m in remembered[-3:-1]] == [
+        ("user", "Tell me about dogs."), ("assistant", done.reply_text)]
+
+
+async def test_a_text_only_reply_keeps_to_the_spoken_length_limit(engines: Engines) -> None:
+    """``llm.max_reply_s`` holds for a reply the client will speak itself, on the time it will
+    take to say: it ends at a sentence boundary, as a spoken reply does."""
+    sentence = "Dogs were the first animals that people kept, many thousands of years ago. "
+    config = make_config(llm={"max_reply_s": 10.0})
+    llm = ScriptedLlm([sentence] * 8)  # 8 x 4.7 s at 16 characters a second
+    runner = TurnRunner(replace(engines, llm=LlmChain([llm], config.llm)), config,
+                        output_rate=16000)
+    done = await runner.run(1, np.zeros(0, np.int16), 0, Recorder(), text="Tell me about dogs.",
+                            voiced=False)
+    assert done.status == "ok"
+    assert done.reply_text == " ".join([sentence.strip()] * 2)

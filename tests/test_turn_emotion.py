@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import harvard_clips, make_config
-from tests.fakes import Recorder, ScriptedLlm
+from tests.fakes import RateRecordingTts, Recorder, ScriptedLlm
 from tests.voices import raised
 from voice_agent.audio.pcm import Int16Array, StreamResampler, read_audio
 from voice_agent.emotion import LABELS, EmotionTag
@@ -21,7 +21,6 @@ from voice_agent.llm.chain import LlmChain
 from voice_agent.llm.conversation import Conversation
 from voice_agent.prompt import TAG_NOTE, system_prompt, tag_note
 from voice_agent.server.protocol import EmotionEvent, ErrorEvent, ReplyText, TranscriptEvent
-from voice_agent.tts.base import TtsEngine
 from voice_agent.turn import TurnRunner
 
 pytestmark = pytest.mark.slow
@@ -36,20 +35,6 @@ def spoken(engines: Engines, text: str, gain: float) -> Int16Array:
     resampler = StreamResampler(engines.tts.sample_rate, 16000)
     audio = np.concatenate([resampler.process(pcm), resampler.flush()]).astype(np.float64)
     return np.clip(audio * gain, -32768, 32767).astype(np.int16)
-
-
-class RateRecordingTts:
-    """The real Piper voice, noting the speaking-rate factor of every sentence."""
-
-    def __init__(self, tts: TtsEngine) -> None:
-        self.tts, self.sample_rate = tts, tts.sample_rate
-        self.rates: list[float] = []
-
-    def synthesize(
-        self, text: str, cancel: threading.Event, *, rate_factor: float = 1.0
-    ) -> Iterator[Int16Array]:
-        self.rates.append(rate_factor)
-        return self.tts.synthesize(text, cancel, rate_factor=rate_factor)
 
 
 def scripted_runner(engines: Engines, llm: ScriptedLlm, **emotion: bool) -> TurnRunner:

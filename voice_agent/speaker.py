@@ -26,6 +26,9 @@ from voice_agent.turn_state import TurnState
 
 AUDIO_FRAME_MS = 200
 """Reply PCM is sent in binary frames of at most this length."""
+SPOKEN_CHARS_PER_S = 16.0
+"""How fast a text-only reply will be spoken, for its ``llm.max_reply_s``: the embedded
+Piper voice says about 17 characters a second; a client's own voice may be a little slower."""
 
 
 class Speaker:
@@ -64,6 +67,17 @@ class Speaker:
             # holding it back costs no silence.
             streaming = not turn.reply or mid_sentence
             mid_sentence = not ends_sentence(sentence)
+            if not turn.voiced:
+                # Text only: the same length limit, on the time the client will take to say
+                # it. Kept as spoken in no time, so the conversation remembers the reply.
+                synthesized += round(len(sentence) / SPOKEN_CHARS_PER_S * turn.rate_factor
+                                     * tts.sample_rate)
+                if not streaming and synthesized > limit:
+                    turn.reply_full = True
+                    continue
+                await self._show(turn, sentence)
+                turn.spoken.append(SpokenSpan(sentence, turn.audio_samples, turn.audio_samples))
+                continue
             held: list[Int16Array] = []
             starts_at = turn.audio_samples
             if streaming:

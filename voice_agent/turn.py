@@ -103,7 +103,7 @@ class TurnRunner:
     async def run(
         self, turn_id: int, audio: Int16Array, endpoint_wait_ms: float, out: TurnOutput,
         *, speculation: Speculation | None = None, playback: ReplyPlayback | None = None,
-        text: str = "", after_reply: bool = False,
+        text: str = "", after_reply: bool = False, voiced: bool = True,
     ) -> TurnDone:
         """Run the turn; returns its terminal event (also when cancelled or failed).
 
@@ -114,9 +114,10 @@ class TurnRunner:
         the turn is cancelled midway: a barge-in). ``text``: a typed turn, answered without
         ASR (``audio`` is not listened to). ``after_reply``: the utterance began in the echo
         tail of the last reply; it ends ``backchannel``, unanswered, unless its words are the
-        person's (:meth:`BurstJudge.is_turn_after_reply`)."""
+        person's (:meth:`BurstJudge.is_turn_after_reply`). ``voiced=False``: the reply is
+        sent as text only (:attr:`TurnState.voiced`)."""
         turn = TurnState(turn_id, speculation.out if speculation else out, speculation=speculation,
-                     chunker=self._chunker())
+                         chunker=self._chunker(), voiced=voiced)
         turn.timings["endpoint_wait_ms"] = float(endpoint_wait_ms)
         status = "ok"
         try:

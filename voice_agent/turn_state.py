@@ -37,6 +37,9 @@ class TurnState:
     ``backchannel`` with them, unanswered, and sends no ``transcript``."""
     note: str = ""
     """The emotion tag, sent to the model as a system message right before the words."""
+    voiced: bool = True
+    """The reply is synthesized and sent as audio; False: text only, for a client that
+    speaks it itself (Wyoming's conversation agent), so no time goes to unheard speech."""
     rate_factor: float = 1.0
     """Speaking-rate factor of this reply, from the emotion tag."""
     sentences: asyncio.Queue[str | None] = field(

@@ -4,6 +4,7 @@ Assistant discovers and calls it: describe, speech to text, text to speech, conv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize
 
 from tests.conftest import harvard_clips, make_config
+from tests.fakes import RateRecordingTts
 from voice_agent.appliance import Appliance
 from voice_agent.audio.pcm import read_audio, resample
 from voice_agent.engines import Engines
@@ -106,6 +108,22 @@ async def test_a_conversation_agent_answers_text_and_mistakes_get_errors(port: i
         await client.write_event(Transcript(text="What is the capital of France?").event())
         handled = Handled.from_event(await next_event(client))
     assert handled.text and len(handled.text.split()) >= 2
+
+
+async def test_the_conversation_agent_spends_no_time_on_speech_nobody_hears(
+    engines: Engines,
+) -> None:
+    """Home Assistant speaks the agent's answer with its own TTS pipeline: the turn makes
+    none (it used to synthesize the whole reply, and answer only once that was done)."""
+    tts = RateRecordingTts(engines.tts)
+    appliance = Appliance(dataclasses.replace(engines, tts=tts), make_config())
+    async with (WyomingServer(appliance, "127.0.0.1", 0) as server,
+                AsyncTcpClient("127.0.0.1", server.port) as client):
+        for question in ("What is the capital of France?", "And of Italy?"):
+            await client.write_event(Transcript(text=question).event())
+            handled = Handled.from_event(await next_event(client))
+            assert any(ch.isalpha() for ch in handled.text), handled
+    assert tts.rates == []
 
 
 def test_off_loopback_it_must_name_its_clients() -> None:

@@ -59,7 +59,7 @@ LANGUAGES = ["en"]
 
 
 class _Collected:
-    """A turn's output for the conversation agent: its reply text (the audio is not sent)."""
+    """A turn's output for the conversation agent: its reply text (the turn makes no audio)."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -218,8 +218,9 @@ class WyomingConnection:
         self._turns += 1
         collected = _Collected()
         async with self._slot():
+            # Home Assistant speaks the answer with its own TTS pipeline: text only.
             done = await self._runner.run(self._turns, np.zeros(0, np.int16), 0, collected,
-                                          text=text)
+                                          text=text, voiced=False)
         if done.status != "ok":
             raise VoiceAgentError(f"the turn ended {done.status}", code="llm_failed")
         await self._write(Handled(text="".join(collected.text).strip()).event())
