@@ -108,7 +108,7 @@ def answered(e: ServerEvent) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (room impulse responses)")
-@pytest.mark.xfail(reason="issue 9, open: in the simulated room the reply still sometimes "
+@pytest.mark.xfail(reason="issue 9 (blocked): in the simulated room the reply still sometimes "
                    "stops on its own echo, or plays on over a person (see the closing note)",
                    strict=False)
 async def test_its_own_echo_never_interrupts_it(paced_server: VoiceServer) -> None:
@@ -131,7 +131,7 @@ async def test_its_own_echo_never_interrupts_it(paced_server: VoiceServer) -> No
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (room impulse responses)")
-@pytest.mark.xfail(reason="issue 9, open: over a WebSocket the reply sometimes pauses on its "
+@pytest.mark.xfail(reason="issue 9 (blocked): over a WebSocket the reply sometimes pauses on its "
                    "own echo just before the person speaks and the person's sentence is then "
                    "not taken as an interruption (see the closing note)", strict=False)
 async def test_a_person_over_the_reply_interrupts_it(paced_server: VoiceServer) -> None:
@@ -163,8 +163,8 @@ async def test_a_person_over_the_reply_interrupts_it(paced_server: VoiceServer) 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(SHARED is None, reason="needs ../shared/audio (noise)")
-@pytest.mark.xfail(reason="issue 9, open: a sound over the reply sometimes joins a burst of the "
-                   "reply's own echo whose made-up words then count as a person's (see the "
+@pytest.mark.xfail(reason="issue 9 (blocked): a sound over the reply sometimes joins a burst of "
+                   "the reply's own echo whose made-up words then count as a person's (see the "
                    "closing note)", strict=False)
 async def test_a_knock_over_the_reply_pauses_it_and_it_plays_on(
         paced_server: VoiceServer) -> None:

@@ -238,7 +238,7 @@ def answered(events: list[ServerEvent]) -> list[TurnDone]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(reason="issue 9, open: in the simulated room the reply still sometimes "
+@pytest.mark.xfail(reason="issue 9 (blocked): in the simulated room the reply still sometimes "
                    "stops on its own echo, or plays on over a person (see the closing note)",
                    strict=False)
 async def test_answers_out_loud_and_its_own_echo_never_interrupts_it(
@@ -265,7 +265,7 @@ async def test_answers_out_loud_and_its_own_echo_never_interrupts_it(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(reason="issue 9, open: in the simulated room the reply still sometimes "
+@pytest.mark.xfail(reason="issue 9 (blocked): in the simulated room the reply still sometimes "
                    "stops on its own echo, or plays on over a person (see the closing note)",
                    strict=False)
 async def test_a_sentence_over_the_reply_interrupts_it_and_is_transcribed(
