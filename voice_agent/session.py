@@ -345,7 +345,7 @@ class Session:
                 actions.append(CheckBurst(self._turn_id, self._paused,
                                           self._endpointer.utterance_audio(), long=True))
         elif self._paused is not None and self._pause_sent:
-            paused_ms = self._endpointer.now_ms - self._paused_at_ms
+            paused_ms = self._paused_ms()
             if (self._awaiting_quiet
                     and paused_ms >= self._barge.echo_tail_ms + QUIET_WAIT_MS):
                 # Its words came out of the reply's echo: nothing followed in the quiet.
@@ -357,8 +357,11 @@ class Session:
     def _reply_quiet(self) -> bool:
         """The reply has been paused long enough (``barge_in.echo_tail_ms``) that nothing it
         played still sounds in the room: a client's buffered lead, the room's tail."""
-        return (self._pause_sent
-                and self._endpointer.now_ms - self._paused_at_ms >= self._barge.echo_tail_ms)
+        return self._pause_sent and self._paused_ms() >= self._barge.echo_tail_ms
+
+    def _paused_ms(self) -> int:
+        """How long ago the reply was paused (meaningful while ``_pause_sent``)."""
+        return self._endpointer.now_ms - self._paused_at_ms
 
     def _is_speech(self, cleaned: Int16Array, reference: Int16Array) -> bool:
         """The VAD's answer, unless the reply's echo explains the sound."""
