@@ -17,6 +17,7 @@ from tests.conftest import harvard_clips, make_config
 from voice_agent.audio.pcm import StreamResampler, read_audio
 from voice_agent.engines import Engines
 from voice_agent.server.ws import VoiceServer
+from voice_agent.wer import normalize
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -38,11 +39,15 @@ def speech_24k(index: int = 0) -> np.ndarray:
     return StreamResampler(16000, RATE).process(samples, last=True)
 
 
-async def append(connection: Any, samples: np.ndarray, *, silence_s: float = 0.0) -> None:
+async def append(connection: Any, samples: np.ndarray, *, silence_s: float = 0.0,
+                 real_time: bool = False) -> None:
+    """``real_time``: paced as a microphone sends it (else as fast as it goes)."""
     audio = np.concatenate([samples, np.zeros(int(RATE * silence_s), np.int16)])
     for start in range(0, audio.size, CHUNK):
         chunk = audio[start:start + CHUNK].astype("<i2").tobytes()
         await connection.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+        if real_time:
+            await asyncio.sleep(CHUNK / RATE)
 
 
 async def until(connection: Any, kind: str, seen: list[Any], timeout_s: float = 90.0) -> Any:
@@ -82,7 +87,7 @@ async def test_a_spoken_turn_gets_its_transcript_and_a_spoken_reply(base_url: st
     async with realtime_session(base_url) as (connection, seen):
         created = of(seen, "session.created")[0]
         assert created.session.audio.input.format.rate == RATE
-        await append(connection, speech_24k(), silence_s=1.5)
+        await append(connection, speech_24k(), silence_s=1.5, real_time=True)
         done = await until(connection, "response.done", seen)
         assert [e.type for e in seen].index("input_audio_buffer.speech_started") < \
             [e.type for e in seen].index("input_audio_buffer.committed")
@@ -93,6 +98,12 @@ async def test_a_spoken_turn_gets_its_transcript_and_a_spoken_reply(base_url: st
         spoken = "".join(e.delta for e in of(seen, "response.output_audio_transcript.delta"))
         assert spoken.strip()
         assert any(e.type == "voice_agent.emotion" for e in seen)
+        # While it was spoken, the SDK's own delta events built up what was heard so far.
+        live = of(seen, "conversation.item.input_audio_transcription.delta")
+        assert live and {e.item_id for e in live} == {transcript[0].item_id}, live
+        live_words = normalize("".join(e.delta for e in live))
+        final_words = set(normalize(transcript[0].transcript))
+        assert sum(w in final_words for w in live_words) >= len(live_words) / 2, live_words
 
 
 async def test_a_text_turn_and_instructions_by_session_update(base_url: str) -> None:

@@ -21,6 +21,7 @@ from voice_agent.server.protocol import (
     SpeechStopped,
     Text,
     TranscriptEvent,
+    TranscriptPartial,
     TurnDone,
     Update,
 )
@@ -46,8 +47,9 @@ SERVER_SAMPLES: list[Any] = [
     rt.SpeechStartedRt(audio_start_ms=300, item_id="item_1_in"),
     rt.SpeechStoppedRt(audio_end_ms=2000, item_id="item_1_in"),
     rt.Committed(item_id="item_1_in", previous_item_id="item_0_out"), rt.Cleared(),
-    rt.ItemAdded(item={"id": "x"}), rt.TranscriptionCompleted(item_id="item_1_in",
-                                                              transcript="hello"),
+    rt.ItemAdded(item={"id": "x"}),
+    rt.TranscriptionDelta(item_id="item_1_in", delta=" hello"),
+    rt.TranscriptionCompleted(item_id="item_1_in", transcript="hello"),
     rt.ResponseCreated(response={"id": "resp_1"}),
     rt.OutputItemAdded(response_id="resp_1", item={"id": "item_1_out"}),
     rt.AudioDelta(response_id="resp_1", item_id="item_1_out", delta="AAA="),
@@ -134,6 +136,25 @@ def test_a_spoken_turn_becomes_one_response_with_one_done() -> None:
     assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"] == "Hi there."
     assert len({json.loads(m)["event_id"] for m in sent}) == len(sent)
+
+
+def test_partial_transcripts_become_deltas_that_are_only_ever_appended() -> None:
+    """Whisper revises its running hypothesis; a Realtime client appends deltas. So a delta
+    goes out only where the new hypothesis extends what was sent; each partial still goes
+    out whole as ``voice_agent.transcript_partial``."""
+    wire = RealtimeWire("s1", instructions="x", voice="v")
+    hypotheses = [(1, " Drop the"), (1, "Drop the two"), (1, "Drop a two when"),
+                  (1, "Drop the two when you"), (1, "Drop the two when you"), (2, " Add it")]
+    sent = [json.loads(m) for m in wire.encode(SpeechStarted(turn_id=1, audio_ms=0))]
+    for turn_id, text in hypotheses:
+        sent += [json.loads(m) for m in wire.encode(
+            TranscriptPartial(turn_id=turn_id, text=text, audio_ms=700))]
+    deltas = [(e["item_id"], e["delta"]) for e in sent
+              if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    assert deltas == [("item_1_in", "Drop the"), ("item_1_in", " two"),
+                      ("item_1_in", " when you"), ("item_2_in", "Add it")]
+    partials = [e["text"] for e in sent if e["type"] == "voice_agent.transcript_partial"]
+    assert partials == [text for _, text in hypotheses]
 
 
 def test_commands_from_client_events() -> None:

@@ -16,6 +16,8 @@ core's commands, the core's events become Realtime events. What it decides:
   ``response.create`` answers it.
 - ``conversation.item.truncate`` is the client's playback position: the history keeps what
   was heard, and a reply still going is stopped there.
+- Partial transcripts become ``input_audio_transcription.delta`` where they extend what was
+  sent (deltas are only appended; see ``_transcription_delta``).
 - Emotion, reasoning and the barge-in steps go out as ``voice_agent.*`` events, which
   standard clients skip.
 """
@@ -45,6 +47,7 @@ from voice_agent.server.protocol import (
     Start,
     Text,
     TranscriptEvent,
+    TranscriptPartial,
     TurnDone,
     Update,
 )
@@ -77,6 +80,7 @@ from voice_agent.server.realtime_protocol import (
     TranscriptDelta,
     TranscriptDone,
     TranscriptionCompleted,
+    TranscriptionDelta,
     decode_event,
     encode_event,
     error_body,
@@ -123,6 +127,8 @@ class RealtimeWire:
         self._latest: int | None = None
         self._pending_text: list[str] = []
         self._previous_item: str | None = None
+        self._partial: tuple[int, str] = (0, "")
+        """The utterance whose transcript deltas went out, and their text so far."""
 
     # --- client -> core -----------------------------------------------------------
 
@@ -203,6 +209,8 @@ class RealtimeWire:
                                     item_id=user_item(event.turn_id))]
         if isinstance(event, SpeechStopped):
             return self._committed(event)
+        if isinstance(event, TranscriptPartial):
+            return [*self._transcription_delta(event), self._extension(event)]
         if isinstance(event, TranscriptEvent):
             if event.turn_id not in self._audio_turns:
                 return []  # a typed turn: its text is already the client's own item
@@ -221,10 +229,27 @@ class RealtimeWire:
                                              transient=event.transient))]
         if isinstance(event, Pong):
             return []
-        data = {k: v for k, v in dataclasses.asdict(event).items() if k != "seq"}
         if isinstance(event, EmotionEvent | ReasoningText):
-            return [*self._opened(event.turn_id), Extension(event.type, data)]
-        return [Extension(event.type, data)]  # barge-in steps, wake, partials, session end
+            return [*self._opened(event.turn_id), self._extension(event)]
+        return [self._extension(event)]  # barge-in steps, wake, session end
+
+    @staticmethod
+    def _extension(event: ServerEvent) -> Extension:
+        return Extension(event.type,
+                         {k: v for k, v in dataclasses.asdict(event).items() if k != "seq"})
+
+    def _transcription_delta(self, partial: TranscriptPartial) -> list[RealtimeServerEvent]:
+        """The partial's new words as a delta, when it extends what was sent. A revised
+        hypothesis sends none (a delta cannot take words back) until one extends the text
+        sent again; every partial also goes out whole as ``voice_agent.transcript_partial``."""
+        turn_id, sent = self._partial
+        if turn_id != partial.turn_id:
+            sent = ""
+        text = partial.text.strip()
+        if not text.startswith(sent) or len(text) == len(sent):
+            return []
+        self._partial = (partial.turn_id, text)
+        return [TranscriptionDelta(item_id=user_item(partial.turn_id), delta=text[len(sent):])]
 
     def _committed(self, event: SpeechStopped) -> list[RealtimeServerEvent]:
         self._audio_turns.add(event.turn_id)

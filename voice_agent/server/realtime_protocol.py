@@ -138,6 +138,17 @@ class ItemAdded:
 
 
 @dataclass(frozen=True)
+class TranscriptionDelta:
+    """More of the user item's transcript while the person still speaks. Deltas are only
+    ever appended; the ``completed`` event's transcript is the final word."""
+
+    type: ClassVar[str] = "conversation.item.input_audio_transcription.delta"
+    item_id: str
+    delta: str
+    content_index: int = 0
+
+
+@dataclass(frozen=True)
 class TranscriptionCompleted:
     type: ClassVar[str] = "conversation.item.input_audio_transcription.completed"
     item_id: str
@@ -232,7 +243,8 @@ class Extension:
 
 
 RealtimeServerEvent = (SessionCreated | SessionUpdated | SpeechStartedRt | SpeechStoppedRt
-                       | Committed | Cleared | ItemAdded | TranscriptionCompleted
+                       | Committed | Cleared | ItemAdded | TranscriptionDelta
+                       | TranscriptionCompleted
                        | ResponseCreated | OutputItemAdded | AudioDelta | AudioDone
                        | TranscriptDelta | TranscriptDone | OutputItemDone | ResponseDone
                        | ItemTruncated | RealtimeError | Extension)
