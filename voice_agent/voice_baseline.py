@@ -116,22 +116,23 @@ class EmotionTracker:
                 return math.nan, 0
             return float(np.quantile(values, self.quantile)), len(values)
 
-        def blend(name: str, base: float) -> float:
-            value, n = own(name)
+        def blend(learned: tuple[float, int], base: float) -> float:
+            value, n = learned
             return base if n == 0 else base + n / (n + self.prior_turns) * (value - base)
 
-        own_pitch, pitched = own("pitch_st")
+        own_pitch = own("pitch_st")
         typical_pitch = typical.pitch_hz or typical_pitch_hz(
-            _hertz(own_pitch) if pitched else pitch_hz)
+            _hertz(own_pitch[0]) if own_pitch[1] else pitch_hz)
         pitch = typical_pitch
-        if pitched and typical_pitch:
-            pitch = _hertz(blend("pitch_st", _semitones(typical_pitch)))
+        if own_pitch[1] and typical_pitch:
+            pitch = _hertz(blend(own_pitch, _semitones(typical_pitch)))
         n = len(turns)
         return Reference(
-            loudness_dbfs=blend("loudness_dbfs", typical.loudness_dbfs),
-            pitch_range_semitones=blend("pitch_range_semitones", typical.pitch_range_semitones),
-            speaking_rate_wps=blend("speaking_rate_wps", typical.speaking_rate_wps),
-            pitch_hz=pitch, tilt_db=blend("tilt_db", typical.tilt_db), turns=n,
+            loudness_dbfs=blend(own("loudness_dbfs"), typical.loudness_dbfs),
+            pitch_range_semitones=blend(own("pitch_range_semitones"),
+                                        typical.pitch_range_semitones),
+            speaking_rate_wps=blend(own("speaking_rate_wps"), typical.speaking_rate_wps),
+            pitch_hz=pitch, tilt_db=blend(own("tilt_db"), typical.tilt_db), turns=n,
             own_weight=n / (n + self.prior_turns) if n else 0.0)
 
     def update(self, cues: Prosody) -> None:
