@@ -269,11 +269,10 @@ def analyze(audio: Int16Array, transcript_text: str, *, language: str = "en",
     n_words = len(words) or _word_count(transcript_text, chinese)
     measured = prosody(audio, rate=rate, words=words, word_count=n_words)
     typical = replace(TYPICAL, speaking_rate_wps=TYPICAL_RATE_ZH) if chinese else TYPICAL
+    # Without a tracker, a fresh one gives the typical reference (by this voice's range).
+    ref = (tracker or EmotionTracker()).reference(typical, pitch_hz=measured.pitch_hz)
     if tracker is not None:
-        ref = tracker.reference(typical, pitch_hz=measured.pitch_hz)
         tracker.update(measured)
-    else:
-        ref = EmotionTracker().reference(typical, pitch_hz=measured.pitch_hz)
     sent = sentiment(transcript_text)
     n_fillers = fillers(transcript_text, language)
     cues = arousal_cues(measured, ref, transcript_text, sent, rate_unit=1.5 if chinese else 1.0)
