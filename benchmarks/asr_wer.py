@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from voice_agent.asr import WhisperAsr
-from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
+from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend, process_recording
 from voice_agent.audio.pcm import Framer, Int16Array, read_audio
 from voice_agent.audio.vad import Endpointer, SpeechEnd, make_vad
 from voice_agent.bench import load_clips, shared_audio_dir
@@ -62,9 +62,7 @@ def items(shared: Path, emotion: int) -> list[Item]:
 
 
 def frontend_pass(audio: Int16Array, config: Config) -> Int16Array:
-    frontend = make_frontend(config.frontend)
-    frames = Framer(FRAME_SAMPLES).push(audio)
-    return np.concatenate([frontend.process(f) for f in frames])
+    return process_recording(make_frontend(config.frontend), audio)
 
 
 def endpointed(audio: Int16Array, config: Config) -> list[Int16Array]:

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
-from voice_agent.audio.pcm import Framer, Int16Array, read_audio
+from voice_agent.audio.frontend import make_frontend, process_recording
+from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.bench import load_clips, shared_audio_dir
 from voice_agent.config import FrontendConfig, load_config
 from voice_agent.engines import load_asr
@@ -46,8 +46,7 @@ def mix(speech: Int16Array, noise: Int16Array, snr_db: float, offset: int) -> In
 def through_frontend(audio: Int16Array, ns: int, agc: int) -> Int16Array:
     frontend = make_frontend(FrontendConfig(noise_suppression=ns, auto_gain_dbfs=agc,
                                             echo_cancellation=False))
-    frames = Framer(FRAME_SAMPLES).push(audio)
-    return np.concatenate([frontend.process(f) for f in frames])[LEAD_IN:]
+    return process_recording(frontend, audio)[LEAD_IN:]
 
 
 def main() -> int:

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
-from voice_agent.audio.pcm import Framer, Int16Array, read_audio
+from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend, process_recording
+from voice_agent.audio.pcm import Int16Array, read_audio
 from voice_agent.bench import percentile, shared_audio_dir
 from voice_agent.config import Config
 from voice_agent.emotion import WORDING, EmotionTag, EmotionTracker, analyze, reply_length_scale
@@ -80,9 +80,8 @@ def hear_clips(config: Config, folder: Path, *, limit: int | None = None) -> lis
     lead = np.zeros(round(LEAD_IN_S * 16000), dtype=np.int16)
     for index, row in enumerate(rows, 1):
         audio, _ = read_audio(folder.parent / row["file"])
-        frontend = make_frontend(config.frontend)
         padded = np.concatenate([lead, audio, np.zeros(FRAME_SAMPLES, np.int16)])
-        cleaned = np.concatenate([frontend.process(f) for f in Framer(FRAME_SAMPLES).push(padded)])
+        cleaned = process_recording(make_frontend(config.frontend), padded)
         cleaned = cleaned[lead.size: lead.size + audio.size]
         transcript = asr.transcribe(cleaned)
         heard.append(Heard(Path(row["file"]).stem, row["speaker"], row["label"], cleaned,

@@ -131,8 +131,8 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from voice_agent.audio.frontend import FRAME_SAMPLES, make_frontend
-    from voice_agent.audio.pcm import Framer, read_audio
+    from voice_agent.audio.frontend import make_frontend, process_recording
+    from voice_agent.audio.pcm import read_audio
     from voice_agent.engines import load_asr
     from voice_agent.models import Manifest
 
@@ -143,9 +143,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         audio, _ = read_audio(path)
         if not args.raw:
             # The same frontend the live pipeline uses, so this checks what the service hears.
-            frontend = make_frontend(config.frontend)
-            frames = Framer(FRAME_SAMPLES).push(audio)
-            audio = np.concatenate([frontend.process(f) for f in frames]) if frames else audio
+            cleaned = process_recording(make_frontend(config.frontend), audio)
+            audio = cleaned if cleaned.size else audio
         text = asr.transcribe(audio).text
         print(f"{path}\t{text}" if len(args.files) > 1 else text, flush=True)
     return 0

@@ -11,6 +11,7 @@ from voice_agent.audio.frontend import (
     PassthroughFrontend,
     WebRtcFrontend,
     make_frontend,
+    process_recording,
 )
 from voice_agent.audio.pcm import rms_dbfs
 from voice_agent.config import FrontendConfig
@@ -38,6 +39,19 @@ def test_passthrough_returns_the_frame() -> None:
     frontend = PassthroughFrontend()
     assert frontend.process(frame) is frame
     assert frontend.feed_reference(frame) is None
+
+
+@pytest.mark.parametrize("samples", [0, FRAME_SAMPLES - 1, FRAME_SAMPLES, 5 * FRAME_SAMPLES + 37])
+def test_a_recording_goes_through_in_whole_frames(samples: int) -> None:
+    audio = np.random.default_rng(samples).integers(-3000, 3000, samples).astype(np.int16)
+    whole = samples // FRAME_SAMPLES * FRAME_SAMPLES
+    assert np.array_equal(process_recording(PassthroughFrontend(), audio), audio[:whole])
+    by_frame = WebRtcFrontend(noise_suppression=2, auto_gain_dbfs=0)
+    expected = [by_frame.process(audio[i:i + FRAME_SAMPLES])
+                for i in range(0, whole, FRAME_SAMPLES)]
+    cleaned = process_recording(WebRtcFrontend(noise_suppression=2, auto_gain_dbfs=0), audio)
+    assert cleaned.dtype == np.int16 and cleaned.size == whole
+    assert np.array_equal(cleaned, np.concatenate([np.zeros(0, np.int16), *expected]))
 
 
 def test_webrtc_frontend_rejects_other_frame_sizes() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from voice_agent.audio.pcm import PIPELINE_RATE, Int16Array
+from voice_agent.audio.pcm import PIPELINE_RATE, Framer, Int16Array
 
 if TYPE_CHECKING:
     from voice_agent.config import FrontendConfig
@@ -61,6 +61,15 @@ class WebRtcFrontend:
     def feed_reference(self, frame: Int16Array) -> None:
         # NS/AGC have no echo path; the reference matters only to an AEC frontend.
         return None
+
+
+def process_recording(frontend: Frontend, audio: Int16Array) -> Int16Array:
+    """A whole recording through ``frontend`` in 10 ms frames, as a live stream is fed; a
+    partial last frame is left out (empty for less than one frame)."""
+    frames = Framer(FRAME_SAMPLES).push(audio)
+    if not frames:
+        return np.zeros(0, np.int16)
+    return np.concatenate([frontend.process(frame) for frame in frames])
 
 
 def make_frontend(config: FrontendConfig) -> Frontend:
